@@ -1,0 +1,2 @@
+//! Benchmarks for holdwire (see the benchmarks issue).
+#![forbid(unsafe_code)]

@@ -1,0 +1,811 @@
+//! The client side of one session.
+//!
+//! The client owns a small set of connection slots (at most `max_in_flight`), each carrying one
+//! HTTP exchange at a time. It sends a request:
+//! - to keep the server holding `hold` requests (plus one while it has unacknowledged data, so
+//!   the server can answer one with the acknowledgement), re-parking after every response;
+//! - at once when there is data, a lost message, a control frame or a window update to send and
+//!   a slot is free (no timer delays a lone message; `coalesce_delay` is opt-in).
+//!
+//! Every request has a deadline by which the server must have answered it: `max_wait` plus the
+//! retransmission timeout for a request the server may hold, or just the retransmission timeout
+//! for the oldest requests beyond the server's hold count (the server answers those at once).
+//! A request that misses its deadline, fails on its connection, or gets an error page is lost:
+//! its messages are resent and the server is told (an `UNREADABLE` report) so it resends what its
+//! answer carried. After `max_failures` failures in a row or `silence_timeout` without a valid
+//! response the session fails.
+
+use alloc::collections::VecDeque;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use bytes::Bytes;
+
+use crate::config::ClientConfig;
+use crate::error::{Event, ReadError, SessionError, WriteError};
+use crate::http::{self, RequestHead, RequestTarget, Response, ResponseParser};
+use crate::stream::{Control, Stats, Stream, MAX_REPORTS};
+use crate::time::{self, Instant};
+use crate::url::{Scheme, Url};
+use crate::wire::{self, AbortCode, DecodeError, Header, SessionId, NONCE_LEN};
+
+/// Identifies one of the client's connection slots (or one server-side connection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// One HTTP request to write on a connection; its bytes were appended to the caller's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct Transmit {
+    /// The connection slot to write on.
+    pub conn: ConnId,
+    /// Bytes appended to the buffer.
+    pub len: usize,
+    /// Open a new connection for this slot first (closing any previous one).
+    pub open: bool,
+}
+
+/// Where and how requests are addressed: the request target, `Host` and proxy headers.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    host_header: String,
+    path: String,
+    absolute: Option<(String, u16)>,
+    proxy_authorization: Option<String>,
+    /// Ask for a fresh connection per request (`Connection: close`), for HTTP/1.0 proxies.
+    pub close_each: bool,
+}
+
+impl Endpoint {
+    /// Addresses session `session` at `server`, optionally through a forward proxy. Plain HTTP
+    /// through a proxy uses the absolute-form target and the proxy's credentials; HTTPS goes
+    /// through a CONNECT tunnel the driver opens, so requests stay in origin form.
+    pub fn new(server: &Url, session: SessionId, proxy: Option<&Url>) -> Self {
+        let mut hex = [0u8; 32];
+        session.write_hex(&mut hex);
+        let hex = core::str::from_utf8(&hex).unwrap_or_default();
+        let path = server.session_path(hex);
+        let forward = proxy.is_some() && server.scheme == Scheme::Http;
+        let absolute = forward.then(|| (server.host.clone(), server.port));
+        let proxy_authorization = proxy.filter(|_| forward).and_then(|p| {
+            p.username
+                .as_deref()
+                .map(|u| http::basic_auth_value(u, p.password.as_deref().unwrap_or("")))
+        });
+        Endpoint {
+            host_header: server.host_header(),
+            path,
+            absolute,
+            proxy_authorization,
+            close_each: false,
+        }
+    }
+
+    fn encode_head(&self, buf: &mut Vec<u8>, content_length: usize) {
+        let target = match &self.absolute {
+            Some((host, port)) => RequestTarget::Absolute {
+                host,
+                port: *port,
+                path: &self.path,
+            },
+            None => RequestTarget::Origin { path: &self.path },
+        };
+        http::encode_request_head(
+            buf,
+            &RequestHead {
+                target,
+                host: &self.host_header,
+                proxy_authorization: self.proxy_authorization.as_deref(),
+                content_length,
+                close: self.close_each,
+            },
+        );
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    /// No connection.
+    Closed,
+    /// A keep-alive connection with no exchange on it.
+    Idle,
+    /// An exchange is in progress.
+    Busy,
+}
+
+#[derive(Debug)]
+struct Slot {
+    state: SlotState,
+    parser: ResponseParser,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    rid: u64,
+    slot: usize,
+    sent_at: Instant,
+    answer_by: Instant,
+    carried_data: bool,
+    carried_close: bool,
+}
+
+#[derive(Debug)]
+struct LostReport {
+    rid: u64,
+    /// The latest request that carried this report.
+    carried_by: Option<u64>,
+}
+
+/// RFC 6298 round-trip estimation.
+#[derive(Debug, Clone, Copy)]
+struct RttEstimator {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    initial: Duration,
+    min: Duration,
+    max: Duration,
+    backoff: u32,
+}
+
+impl RttEstimator {
+    fn sample(&mut self, rtt: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(srtt) => {
+                let diff = srtt.abs_diff(rtt);
+                self.rttvar = (self.rttvar * 3 + diff) / 4;
+                self.srtt = Some((srtt * 7 + rtt) / 8);
+            }
+        }
+        self.backoff = 0;
+    }
+
+    fn rto(&self) -> Duration {
+        let base = match self.srtt {
+            None => self.initial,
+            Some(srtt) => srtt + (self.rttvar * 4).max(Duration::from_millis(1)),
+        };
+        let backed = base.saturating_mul(1u32 << self.backoff.min(16));
+        backed.clamp(self.min, self.max)
+    }
+}
+
+/// Lifecycle of the client session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the server to confirm the session.
+    Opening,
+    /// Established.
+    Open,
+    /// Ended (clean or failed); announcing it to the server if needed.
+    Ended(Result<(), SessionError>),
+}
+
+/// The client side of one session. See the crate docs for the run loop.
+#[derive(Debug)]
+pub struct Client {
+    config: ClientConfig,
+    endpoint: Endpoint,
+    session: SessionId,
+    nonce: [u8; NONCE_LEN],
+    stream: Stream,
+    phase: Phase,
+    slots: Vec<Slot>,
+    in_flight: VecDeque<InFlight>,
+    closes: VecDeque<ConnId>,
+    events: VecDeque<Event>,
+    lost_reports: VecDeque<LostReport>,
+    controls: Vec<Control>,
+    next_rid: u64,
+    granted_hold: u8,
+    server_max_wait: Duration,
+    rtt: RttEstimator,
+    failures: u32,
+    retry_at: Option<Instant>,
+    coalesce_until: Option<Instant>,
+    last_heard: Instant,
+    last_now: Instant,
+    abort_to_send: Option<(AbortCode, String)>,
+    close_attempts_left: u32,
+    close_in_flight: bool,
+    server_nonce: Option<[u8; NONCE_LEN]>,
+}
+
+impl Client {
+    /// Creates a session. `session` and `nonce` must come from a CSPRNG: the id is the
+    /// session's only name on the wire and in URLs.
+    pub fn new(
+        mut config: ClientConfig,
+        endpoint: Endpoint,
+        session: SessionId,
+        nonce: [u8; NONCE_LEN],
+        now: Instant,
+    ) -> Self {
+        config.max_in_flight = config.max_in_flight.max(2);
+        config.hold = config.hold.max(1);
+        let slots = (0..config.max_in_flight)
+            .map(|_| Slot {
+                state: SlotState::Closed,
+                parser: ResponseParser::new(config.session.http.clone()),
+            })
+            .collect();
+        let rtt = RttEstimator {
+            srtt: None,
+            rttvar: Duration::ZERO,
+            initial: config.initial_rto,
+            min: config.min_rto,
+            max: config.max_rto,
+            backoff: 0,
+        };
+        Client {
+            stream: Stream::new(&config.session),
+            server_max_wait: config.assumed_max_wait,
+            endpoint,
+            session,
+            nonce,
+            phase: Phase::Opening,
+            slots,
+            in_flight: VecDeque::new(),
+            closes: VecDeque::new(),
+            events: VecDeque::new(),
+            lost_reports: VecDeque::new(),
+            controls: Vec::new(),
+            next_rid: 1,
+            granted_hold: 1,
+            rtt,
+            failures: 0,
+            retry_at: None,
+            coalesce_until: None,
+            last_heard: now,
+            last_now: now,
+            abort_to_send: None,
+            close_attempts_left: 0,
+            close_in_flight: false,
+            server_nonce: None,
+            config,
+        }
+    }
+
+    // ---- getters ----
+
+    /// The session id.
+    pub fn session_id(&self) -> SessionId {
+        self.session
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.stream.stats
+    }
+
+    /// The current retransmission timeout.
+    pub fn rto(&self) -> Duration {
+        self.rtt.rto()
+    }
+
+    /// The smoothed round-trip time, once measured.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.rtt.srtt
+    }
+
+    /// Requests currently outstanding.
+    pub fn requests_in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// The server confirmed the session.
+    pub fn is_open(&self) -> bool {
+        self.phase == Phase::Open
+    }
+
+    /// The session ended (cleanly or not); no more application data moves.
+    pub fn is_ended(&self) -> bool {
+        matches!(self.phase, Phase::Ended(_))
+    }
+
+    /// The session ended and nothing remains to tell the server: the driver may drop it.
+    pub fn is_drained(&self) -> bool {
+        self.is_ended()
+            && self.abort_to_send.is_none()
+            && self.close_attempts_left == 0
+            && self.in_flight.is_empty()
+    }
+
+    /// Bytes buffered for sending (queued plus unacknowledged) and received but unread.
+    pub fn buffered(&self) -> (usize, usize) {
+        (self.stream.send.buffered(), self.stream.recv.buffered())
+    }
+
+    /// The server's nonce from its confirmation (for keying an authentication extension).
+    pub fn server_nonce(&self) -> Option<[u8; NONCE_LEN]> {
+        self.server_nonce
+    }
+
+    // ---- application commands ----
+
+    /// Queues application bytes; takes what fits in the send buffer.
+    pub fn write(&mut self, data: &[u8]) -> Result<usize, WriteError> {
+        match &self.phase {
+            Phase::Ended(Err(e)) => return Err(WriteError::Failed(e.clone())),
+            Phase::Ended(Ok(())) => return Err(WriteError::Finished),
+            _ => {}
+        }
+        if self.stream.send.is_finish_requested() {
+            return Err(WriteError::Finished);
+        }
+        match self.stream.send.write(data) {
+            0 if !data.is_empty() => Err(WriteError::Blocked),
+            n => Ok(n),
+        }
+    }
+
+    /// Copies received bytes into `buf`. `Ok(0)` (for a non-empty `buf`) is the end of the stream.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, ReadError> {
+        let n = self.stream.recv.read(buf);
+        self.after_read(n, buf.is_empty())
+    }
+
+    /// Takes up to `max` received bytes without copying. `Ok(None)` is the end of the stream.
+    pub fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, ReadError> {
+        match self.stream.recv.read_chunk(max) {
+            Some(chunk) => Ok(Some(chunk)),
+            None => self.after_read(0, max == 0).map(|_| None),
+        }
+    }
+
+    fn after_read(&mut self, n: usize, empty: bool) -> Result<usize, ReadError> {
+        if n > 0 || empty || self.stream.recv.is_finished() {
+            return Ok(n);
+        }
+        match &self.phase {
+            Phase::Ended(Err(e)) => Err(ReadError::Failed(e.clone())),
+            _ => Err(ReadError::Blocked),
+        }
+    }
+
+    /// Ends this side's stream (half-close): the server reads EOF after all the data.
+    pub fn finish(&mut self) {
+        if !self.is_ended() {
+            self.stream.send.finish();
+        }
+    }
+
+    /// Aborts the session: the server is told, and both ends report failure.
+    pub fn abort(&mut self, now: Instant, code: AbortCode, reason: &str) {
+        let now = time::advance(&mut self.last_now, now);
+        if self.is_ended() {
+            return;
+        }
+        self.abort_to_send = Some((code, String::from(reason)));
+        self.end(now, Err(SessionError::LocallyAborted));
+    }
+
+    // ---- network input ----
+
+    /// Response bytes arrived on `conn`.
+    pub fn handle_bytes(&mut self, now: Instant, conn: ConnId, data: &[u8]) {
+        let now = time::advance(&mut self.last_now, now);
+        let Some(slot) = self.slot_index(conn) else { return };
+        if self.slots[slot].state != SlotState::Busy {
+            // Bytes with no request outstanding: the connection is unusable.
+            self.close_slot(slot);
+            return;
+        }
+        if self.slots[slot].parser.push(data).is_err() {
+            self.slot_failed(now, slot);
+            return;
+        }
+        match self.slots[slot].parser.poll() {
+            Ok(Some(response)) => self.on_response(now, slot, response),
+            Ok(None) => {}
+            Err(_) => self.slot_failed(now, slot),
+        }
+    }
+
+    /// `conn` closed (EOF, reset, or the connection attempt failed).
+    pub fn handle_closed(&mut self, now: Instant, conn: ConnId) {
+        let now = time::advance(&mut self.last_now, now);
+        let Some(slot) = self.slot_index(conn) else { return };
+        match self.slots[slot].state {
+            SlotState::Closed => {}
+            SlotState::Idle => self.reset_slot(slot),
+            SlotState::Busy => match self.slots[slot].parser.eof() {
+                Ok(Some(response)) => {
+                    self.on_response(now, slot, response);
+                    self.reset_slot(slot);
+                }
+                _ => {
+                    self.reset_slot(slot);
+                    if let Some(rid) = self.rid_on_slot(slot) {
+                        self.request_lost(now, rid);
+                    }
+                }
+            },
+        }
+    }
+
+    /// Timers: call at or after the instant [`Client::poll_timeout`] returned.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now = time::advance(&mut self.last_now, now);
+        if !self.is_ended() && now >= self.last_heard + self.config.silence_timeout {
+            self.end(now, Err(SessionError::TimedOut));
+        }
+        if self.retry_at.is_some_and(|t| t <= now) {
+            self.retry_at = None;
+        }
+        if self.coalesce_until.is_some_and(|t| t <= now) {
+            self.coalesce_until = None;
+        }
+        while let Some(r) = self.in_flight.iter().find(|r| r.answer_by <= now) {
+            let (slot, rid) = (r.slot, r.rid);
+            self.rtt.backoff = self.rtt.backoff.saturating_add(1);
+            self.close_slot(slot);
+            self.request_lost(now, rid);
+        }
+    }
+
+    // ---- outputs ----
+
+    /// Connections the driver should close now.
+    pub fn poll_close(&mut self) -> Option<ConnId> {
+        self.closes.pop_front()
+    }
+
+    /// Session events, in order.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next instant at which [`Client::handle_timeout`] must be called, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        if !self.is_ended() {
+            consider(self.last_heard + self.config.silence_timeout);
+        }
+        if let Some(t) = self.retry_at {
+            consider(t);
+        }
+        if let Some(t) = self.coalesce_until {
+            consider(t);
+        }
+        for r in &self.in_flight {
+            consider(r.answer_by);
+        }
+        next
+    }
+
+    /// Appends the next HTTP request to `buf`, if one should be sent now.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        let now = time::advance(&mut self.last_now, now);
+        if self.retry_at.is_some_and(|t| t > now) {
+            return None;
+        }
+        let slot = self.free_slot()?;
+        let in_flight = self.in_flight.len();
+        let ended = self.is_ended();
+        let controls_only = match &self.phase {
+            Phase::Ended(_) => {
+                if self.abort_to_send.is_some() {
+                    true
+                } else if self.close_attempts_left > 0 && !self.close_in_flight {
+                    true
+                } else {
+                    return None;
+                }
+            }
+            Phase::Opening if in_flight > 0 => return None,
+            Phase::Opening => false,
+            Phase::Open => {
+                let park_target = usize::from(self.granted_hold)
+                    + usize::from(self.stream.send.has_unacked());
+                let coalescing = self.coalesce_until.is_some() && in_flight > 0;
+                let has_reports = self.lost_reports.iter().any(|r| {
+                    r.carried_by
+                        .is_none_or(|rid| !self.in_flight.iter().any(|f| f.rid == rid))
+                });
+                if in_flight < park_target {
+                    false
+                } else if !coalescing
+                    && (self.stream.send.has_sendable()
+                        || has_reports
+                        || self.stream.recv.window_opened())
+                {
+                    false
+                } else {
+                    return None;
+                }
+            }
+        };
+        let rid = self.next_rid;
+        self.next_rid += 1;
+
+        self.controls.clear();
+        if self.phase == Phase::Opening {
+            self.controls.push(Control::Open {
+                nonce: self.nonce,
+                max_wait_ms: 0,
+            });
+        }
+        let mut carried_close = false;
+        if ended {
+            if let Some((code, reason)) = self.abort_to_send.take() {
+                self.controls.push(Control::Abort { code, reason });
+            } else {
+                self.controls.push(Control::Close);
+                self.close_in_flight = true;
+                carried_close = true;
+            }
+        }
+        for report in self.lost_reports.iter_mut().take(MAX_REPORTS) {
+            self.controls.push(Control::Unreadable { rid: report.rid });
+            report.carried_by = Some(rid);
+        }
+
+        let planned = self
+            .stream
+            .plan(&self.config.session, &self.controls, !controls_only);
+        let carried_data = planned.messages > 0;
+        let start = buf.len();
+        self.endpoint.encode_head(buf, planned.len);
+        let header = Header {
+            response: false,
+            session: self.session,
+            rid,
+            ack: 0,
+            window: 0,
+            hold: self.config.hold,
+            held_us: 0,
+        };
+        self.stream
+            .write(planned, buf, header, &self.controls, rid, now);
+        self.stream.stats.exchanges += 1;
+
+        let open = self.slots[slot].state == SlotState::Closed;
+        self.slots[slot].state = SlotState::Busy;
+        let rto = self.rtt.rto();
+        self.in_flight.push_back(InFlight {
+            rid,
+            slot,
+            sent_at: now,
+            answer_by: now + self.server_max_wait + rto,
+            carried_data,
+            carried_close,
+        });
+        // The server answers at once the oldest requests beyond its hold count, and the
+        // oldest held request when new data needs acknowledging.
+        let in_flight = self.in_flight.len();
+        let mut forced = in_flight.saturating_sub(usize::from(self.granted_hold));
+        if forced == 0 && (carried_data || ended) && in_flight >= 2 {
+            forced = 1;
+        }
+        if ended || self.phase == Phase::Opening {
+            forced = in_flight;
+        }
+        for r in self.in_flight.iter_mut().take(forced) {
+            r.answer_by = r.answer_by.min(now + rto);
+        }
+        Some(Transmit {
+            conn: ConnId(slot as u64),
+            len: buf.len() - start,
+            open,
+        })
+    }
+
+    // ---- internals ----
+
+    fn slot_index(&self, conn: ConnId) -> Option<usize> {
+        usize::try_from(conn.0).ok().filter(|&i| i < self.slots.len())
+    }
+
+    fn free_slot(&self) -> Option<usize> {
+        let idle = self.slots.iter().position(|s| s.state == SlotState::Idle);
+        idle.or_else(|| self.slots.iter().position(|s| s.state == SlotState::Closed))
+    }
+
+    fn reset_slot(&mut self, slot: usize) {
+        self.slots[slot].state = SlotState::Closed;
+        self.slots[slot].parser = ResponseParser::new(self.config.session.http.clone());
+    }
+
+    /// Closes the slot's connection (told to the driver) and forgets its parser state.
+    fn close_slot(&mut self, slot: usize) {
+        if self.slots[slot].state != SlotState::Closed {
+            self.closes.push_back(ConnId(slot as u64));
+        }
+        self.reset_slot(slot);
+    }
+
+    fn slot_failed(&mut self, now: Instant, slot: usize) {
+        self.close_slot(slot);
+        if let Some(rid) = self.rid_on_slot(slot) {
+            self.request_lost(now, rid);
+        }
+    }
+
+    fn rid_on_slot(&self, slot: usize) -> Option<u64> {
+        self.in_flight.iter().find(|r| r.slot == slot).map(|r| r.rid)
+    }
+
+    /// Exchange `rid` failed: its bundle is lost, and so may be the server's answer.
+    fn request_lost(&mut self, now: Instant, rid: u64) {
+        let Some(req) = self.finish_exchange(rid) else { return };
+        self.stream.send.on_bundle_lost(req.rid);
+        if req.carried_close {
+            self.close_in_flight = false;
+            self.close_attempts_left = self.close_attempts_left.saturating_sub(1);
+        }
+        self.add_report(req.rid);
+        self.stream.stats.failed_exchanges += 1;
+        if self.is_ended() {
+            return;
+        }
+        self.failures += 1;
+        if self.failures >= self.config.max_failures {
+            self.end(now, Err(SessionError::TimedOut));
+            return;
+        }
+        if self.failures > 1 {
+            let delay = self
+                .rtt
+                .rto()
+                .saturating_mul(1u32 << (self.failures - 2).min(16))
+                .min(self.config.max_rto);
+            self.retry_at = Some(now + delay);
+        }
+    }
+
+    fn add_report(&mut self, rid: u64) {
+        if self.lost_reports.len() == MAX_REPORTS {
+            self.lost_reports.pop_front();
+        }
+        self.lost_reports.push_back(LostReport {
+            rid,
+            carried_by: None,
+        });
+    }
+
+    fn on_response(&mut self, now: Instant, slot: usize, response: Response) {
+        let Some(i) = self.in_flight.iter().position(|r| r.slot == slot) else {
+            self.close_slot(slot);
+            return;
+        };
+        // Only the exchange's own slot: free it for the next request first.
+        if response.keep_alive && self.slots[slot].parser.buffered_len() == 0 {
+            self.slots[slot].state = SlotState::Idle;
+        } else {
+            self.close_slot(slot);
+        }
+        let rid = self.in_flight[i].rid;
+        let bundle = match wire::decode(response.body.clone(), &self.config.session.wire) {
+            Ok(b)
+                if b.header().response
+                    && b.header().session == self.session
+                    && (b.header().rid == rid || b.header().rid == 0) =>
+            {
+                b
+            }
+            Ok(_) => return self.request_lost(now, rid),
+            Err(DecodeError::ChecksumMismatch) if response.status == 200 => {
+                self.stream.stats.unreadable_received += 1;
+                return self.request_lost(now, rid);
+            }
+            Err(_) => {
+                // Not our server's answer: a proxy's error page or refusal.
+                if matches!(response.status, 401 | 403 | 407) && !self.is_ended() {
+                    self.finish_exchange(rid);
+                    self.end(now, Err(SessionError::Rejected { status: response.status }));
+                    return;
+                }
+                return self.request_lost(now, rid);
+            }
+        };
+        let Some(req) = self.finish_exchange(rid) else { return };
+        let header = *bundle.header();
+        let controls = match self.stream.process(&bundle) {
+            Ok(c) => c,
+            Err(what) => {
+                self.end(now, Err(SessionError::Protocol(what)));
+                return;
+            }
+        };
+        self.last_heard = now;
+        self.failures = 0;
+        self.retry_at = None;
+        if response.status == 200 {
+            let rtt = now
+                .saturating_duration_since(req.sent_at)
+                .saturating_sub(Duration::from_micros(u64::from(header.held_us)));
+            self.rtt.sample(rtt);
+        }
+        self.granted_hold = header.hold.max(1);
+        self.lost_reports
+            .retain(|r| r.carried_by.is_none_or(|by| by != rid));
+        if req.carried_close {
+            self.close_in_flight = false;
+            self.close_attempts_left = 0;
+        }
+        for &lost in &controls.unreadable[..controls.unreadable_count] {
+            let lost = if lost == 0 { rid } else { lost };
+            self.stream.send.on_bundle_lost(lost);
+        }
+        if req.carried_data && self.stream.send.bundle_has_unacked(rid) {
+            // The server answered after reading this request, so what it did not
+            // acknowledge did not make it (unreadable, or beyond its window).
+            self.stream.send.on_bundle_lost(rid);
+        }
+        if let Some((nonce, max_wait_ms)) = controls.open {
+            if self.phase == Phase::Opening {
+                self.server_nonce = Some(nonce);
+                if max_wait_ms > 0 {
+                    self.server_max_wait = Duration::from_millis(u64::from(max_wait_ms));
+                }
+                self.phase = Phase::Open;
+                self.events.push_back(Event::Opened);
+            }
+        }
+        if controls.new_data {
+            self.events.push_back(Event::Readable);
+        }
+        if self.stream.send.take_writable() {
+            self.events.push_back(Event::Writable);
+        }
+        if let Some((code, reason)) = controls.abort {
+            let error = if response.status != 200 && self.phase == Phase::Opening {
+                SessionError::Rejected { status: response.status }
+            } else {
+                SessionError::Aborted { code, reason }
+            };
+            self.abort_to_send = None;
+            self.close_attempts_left = 0;
+            self.end(now, Err(error));
+            return;
+        }
+        if self.phase == Phase::Opening && response.status != 200 {
+            self.end(now, Err(SessionError::Rejected { status: response.status }));
+            return;
+        }
+        if self.stream.is_done() && !self.is_ended() {
+            self.close_attempts_left = self.config.close_attempts;
+            self.end(now, Ok(()));
+        } else if controls.close && !self.is_ended() {
+            self.end(now, Err(SessionError::Protocol("server closed the session early")));
+        }
+        if self.config.coalesce_delay > Duration::ZERO {
+            self.coalesce_until = Some(now + self.config.coalesce_delay);
+        }
+    }
+
+    fn finish_exchange(&mut self, rid: u64) -> Option<InFlight> {
+        let i = self.in_flight.iter().position(|r| r.rid == rid)?;
+        self.in_flight.remove(i)
+    }
+
+    /// Ends the session once, with its final event.
+    fn end(&mut self, now: Instant, outcome: Result<(), SessionError>) {
+        if self.is_ended() {
+            return;
+        }
+        let event = match &outcome {
+            Ok(()) => Event::Closed,
+            Err(e) => Event::Failed(e.clone()),
+        };
+        if outcome.is_err() {
+            self.close_attempts_left = 0;
+        }
+        self.phase = Phase::Ended(outcome);
+        self.retry_at = None;
+        self.coalesce_until = None;
+        // Outstanding requests need not wait for the server's maximum wait any more.
+        let rto = self.rtt.rto();
+        for r in &mut self.in_flight {
+            r.answer_by = r.answer_by.min(now + rto);
+        }
+        self.events.push_back(Event::Readable);
+        self.events.push_back(event);
+    }
+}

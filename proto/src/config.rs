@@ -1,0 +1,137 @@
+//! Configuration of sessions, clients and servers. Every limit has a sane default and can be set.
+
+use core::time::Duration;
+
+use crate::http::HttpLimits;
+use crate::wire::WireLimits;
+
+/// Knobs shared by both ends of a session.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Largest bundle (HTTP body) this end sends, in bytes, everything included. The default stays
+    /// under nginx's default `client_max_body_size` of 1 MiB.
+    pub max_bundle_len: usize,
+    /// Most messages in one bundle.
+    pub max_bundle_messages: usize,
+    /// Largest message payload this end sends. Must not exceed the peer's `wire.max_message_len`.
+    pub max_message_len: usize,
+    /// Bytes the application may queue that the peer has not acknowledged yet (backpressure).
+    pub send_buffer: usize,
+    /// Bytes received and not yet read by the application (the receive window).
+    pub recv_buffer: usize,
+    /// Most out-of-order messages kept while waiting for a gap to fill.
+    pub max_out_of_order: usize,
+    /// Limits applied when decoding the peer's bundles.
+    pub wire: WireLimits,
+    /// Limits applied when parsing the peer's HTTP messages.
+    pub http: HttpLimits,
+    /// A request or response is deemed lost when a bundle sent this much later was delivered.
+    pub reorder_window: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            max_bundle_len: 1024 * 1024 - 16 * 1024,
+            max_bundle_messages: 1024,
+            max_message_len: 64 * 1024,
+            send_buffer: 4 * 1024 * 1024,
+            recv_buffer: 4 * 1024 * 1024,
+            max_out_of_order: 4096,
+            wire: WireLimits::default(),
+            http: HttpLimits::default(),
+            reorder_window: Duration::from_millis(10),
+        }
+    }
+}
+
+/// Configuration of a client session.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Knobs shared with the server side.
+    pub session: SessionConfig,
+    /// Most HTTP requests outstanding at once (at least 2), and so most connections.
+    pub max_in_flight: usize,
+    /// How many requests the client asks the server to hold (at least 1).
+    pub hold: u8,
+    /// Retransmission timeout before any round trip was measured.
+    pub initial_rto: Duration,
+    /// Lower bound of the retransmission timeout.
+    pub min_rto: Duration,
+    /// Upper bound of the retransmission timeout (and of the retry backoff).
+    pub max_rto: Duration,
+    /// The server's maximum wait assumed until the server states its own.
+    pub assumed_max_wait: Duration,
+    /// The session fails after this long without a valid response.
+    pub silence_timeout: Duration,
+    /// The session fails after this many failed exchanges in a row.
+    pub max_failures: u32,
+    /// Delay before sending a new request after a response, to gather more data (0: none).
+    pub coalesce_delay: Duration,
+    /// How often a clean close is announced to the server before giving up.
+    pub close_attempts: u32,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            session: SessionConfig::default(),
+            max_in_flight: 8,
+            hold: 2,
+            initial_rto: Duration::from_secs(1),
+            min_rto: Duration::from_millis(200),
+            max_rto: Duration::from_secs(10),
+            assumed_max_wait: Duration::from_secs(20),
+            silence_timeout: Duration::from_secs(60),
+            max_failures: 12,
+            coalesce_delay: Duration::ZERO,
+            close_attempts: 3,
+        }
+    }
+}
+
+/// Configuration of a server endpoint and of every session it serves.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Knobs shared with the client side.
+    pub session: SessionConfig,
+    /// URL path prefix of the endpoint ("/" or e.g. "/tunnel"); session ids follow it.
+    pub path_prefix: alloc::string::String,
+    /// Most requests held per session.
+    pub max_hold: u8,
+    /// A held request is answered after this long even with nothing to send. Keep it below the
+    /// shortest idle timeout of any proxy on the path (30 s for Apache Traffic Server).
+    pub max_wait: Duration,
+    /// A session without any request for this long fails.
+    pub idle_timeout: Duration,
+    /// Most sessions at once; further opens get 503.
+    pub max_sessions: usize,
+    /// Most HTTP connections at once; further connections are refused.
+    pub max_connections: usize,
+    /// A connection must deliver a whole request within this long once it started one.
+    pub request_timeout: Duration,
+    /// An idle keep-alive connection is closed after this long.
+    pub keep_alive_timeout: Duration,
+    /// A closed session's id is remembered this long, to answer late requests consistently.
+    pub linger: Duration,
+    /// Most closed sessions remembered.
+    pub max_lingering: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            session: SessionConfig::default(),
+            path_prefix: alloc::string::String::from("/"),
+            max_hold: 8,
+            max_wait: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            max_sessions: 10_000,
+            max_connections: 40_000,
+            request_timeout: Duration::from_secs(30),
+            keep_alive_timeout: Duration::from_secs(120),
+            linger: Duration::from_secs(60),
+            max_lingering: 10_000,
+        }
+    }
+}

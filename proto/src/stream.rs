@@ -1,0 +1,723 @@
+//! The byte stream of one session, shared by the client and server roles.
+//!
+//! Each direction is a sequence of numbered messages ending in an optional FIN, which occupies a
+//! sequence number of its own. The sender keeps every message until the peer acknowledges it,
+//! cumulatively (`ack`: every lower number arrived) or selectively (SACK ranges). A message is
+//! deemed lost, and only then resent, when:
+//! - the bundle that carried it is known to be lost (a failed exchange, an `UNREADABLE` report, or
+//!   a response to the request that carried it which does not acknowledge it), or
+//! - a bundle sent more than `reorder_window` after it was delivered while it was not (RACK).
+//!
+//! The receiver advertises a window in bytes counted from its cumulative acknowledgement, and keeps
+//! out-of-order messages within that window and within `max_out_of_order` entries.
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::config::SessionConfig;
+use crate::time::Instant;
+use crate::wire::{
+    self, AbortCode, Bundle, BundleEncoder, Frame, Header, SackRange, FRAME_HEADER_LEN,
+    MESSAGE_OVERHEAD, NONCE_LEN,
+};
+
+/// Bytes charged per out-of-order entry on top of its payload, for bookkeeping memory.
+const OUT_OF_ORDER_ENTRY_COST: usize = 64;
+/// Most `UNREADABLE` reports taken from one bundle.
+pub(crate) const MAX_REPORTS: usize = 16;
+
+/// Counters for one session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// HTTP exchanges started (client) or answered (server).
+    pub exchanges: u64,
+    /// Exchanges that failed (lost, cut, error page, unreadable).
+    pub failed_exchanges: u64,
+    /// Messages sent, counting resends.
+    pub messages_sent: u64,
+    /// Messages sent again because they were deemed lost.
+    pub messages_resent: u64,
+    /// Application bytes sent, counting resends.
+    pub bytes_sent: u64,
+    /// Application bytes delivered in order by the peer.
+    pub bytes_received: u64,
+    /// Bundles from the peer that failed to decode.
+    pub unreadable_received: u64,
+}
+
+/// A control frame to put into the next bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Control {
+    Open { nonce: [u8; NONCE_LEN], max_wait_ms: u32 },
+    Close,
+    Abort { code: AbortCode, reason: String },
+    Unreadable { rid: u64 },
+}
+
+impl Control {
+    fn encoded_len(&self) -> usize {
+        FRAME_HEADER_LEN
+            + match self {
+                Control::Open { .. } => NONCE_LEN + 4,
+                Control::Close => 0,
+                Control::Abort { reason, .. } => 2 + reason.len().min(256),
+                Control::Unreadable { .. } => 8,
+            }
+    }
+
+    fn encode(&self, enc: &mut BundleEncoder<'_>) {
+        match self {
+            Control::Open { nonce, max_wait_ms } => enc.open(nonce, *max_wait_ms),
+            Control::Close => enc.close(),
+            Control::Abort { code, reason } => enc.abort(*code, reason),
+            Control::Unreadable { rid } => enc.unreadable(*rid),
+        }
+    }
+}
+
+/// Control frames found in a received bundle.
+#[derive(Debug, Default)]
+pub(crate) struct ReceivedControls {
+    pub open: Option<([u8; NONCE_LEN], u32)>,
+    pub close: bool,
+    pub abort: Option<(AbortCode, String)>,
+    pub unreadable: [u64; MAX_REPORTS],
+    pub unreadable_count: usize,
+    /// The bundle carried messages or a FIN that were new.
+    pub new_data: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// Payload; empty for the FIN.
+    data: Bytes,
+    fin: bool,
+    /// Identifies the bundle (exchange) that last carried it.
+    bundle: u64,
+    sent_at: Instant,
+    acked: bool,
+    lost: bool,
+}
+
+/// The sending half: application bytes not yet sent, and sent messages not yet acknowledged.
+#[derive(Debug)]
+pub(crate) struct SendQueue {
+    pending: BytesMut,
+    entries: VecDeque<Entry>,
+    /// Sequence number of `entries[0]`; everything below it is acknowledged.
+    base: u64,
+    entries_bytes: usize,
+    lost: VecDeque<u64>,
+    cap: usize,
+    fin_requested: bool,
+    fin_seq: Option<u64>,
+    peer_window: u64,
+    delivered_sent_at: Option<Instant>,
+    /// A write was refused or cut short: report `Writable` when room appears.
+    writer_blocked: bool,
+}
+
+impl SendQueue {
+    pub(crate) fn new(cap: usize) -> Self {
+        SendQueue {
+            pending: BytesMut::new(),
+            entries: VecDeque::new(),
+            base: 0,
+            entries_bytes: 0,
+            lost: VecDeque::new(),
+            cap,
+            fin_requested: false,
+            fin_seq: None,
+            // Until the peer states its window, assume one message fits.
+            peer_window: 64 * 1024,
+            delivered_sent_at: None,
+            writer_blocked: false,
+        }
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.base + self.entries.len() as u64
+    }
+
+    /// Bytes buffered: queued plus sent and unacknowledged.
+    pub(crate) fn buffered(&self) -> usize {
+        self.pending.len() + self.entries_bytes
+    }
+
+    /// Queues as much of `data` as fits; returns how much.
+    pub(crate) fn write(&mut self, data: &[u8]) -> usize {
+        let room = self.cap.saturating_sub(self.buffered());
+        let n = room.min(data.len());
+        if n < data.len() {
+            self.writer_blocked = true;
+        }
+        if n > 0 {
+            self.pending.extend_from_slice(&data[..n]);
+        }
+        n
+    }
+
+    pub(crate) fn finish(&mut self) {
+        self.fin_requested = true;
+    }
+
+    pub(crate) fn is_finish_requested(&self) -> bool {
+        self.fin_requested
+    }
+
+    /// Everything, including the FIN if requested, was acknowledged.
+    pub(crate) fn is_fully_acked(&self) -> bool {
+        self.pending.is_empty()
+            && self.entries.is_empty()
+            && (!self.fin_requested || self.fin_seq.is_some())
+    }
+
+    /// The FIN was sent and acknowledged.
+    pub(crate) fn is_fin_acked(&self) -> bool {
+        matches!(self.fin_seq, Some(s) if s < self.base)
+    }
+
+    pub(crate) fn has_unacked(&self) -> bool {
+        !self.entries.is_empty()
+    }
+
+    /// Something could go into a bundle now: a lost message, new data within the peer's
+    /// window, or the FIN.
+    pub(crate) fn has_sendable(&self) -> bool {
+        self.first_lost().is_some() || self.can_send_new() || self.fin_sendable()
+    }
+
+    fn first_lost(&self) -> Option<u64> {
+        self.lost.iter().copied().find(|&seq| {
+            seq >= self.base
+                && self
+                    .entries
+                    .get((seq - self.base) as usize)
+                    .is_some_and(|e| !e.acked && e.lost)
+        })
+    }
+
+    fn can_send_new(&self) -> bool {
+        !self.pending.is_empty() && (self.entries_bytes as u64) < self.peer_window
+    }
+
+    fn fin_sendable(&self) -> bool {
+        self.fin_requested && self.fin_seq.is_none() && self.pending.is_empty()
+    }
+
+    /// Chooses what goes into a bundle of at most `budget` payload bytes (message overheads
+    /// included) and `max_messages` messages, recording the chosen sequence numbers in `out`.
+    /// New messages are cut from the queued bytes here. Returns the bytes the chosen frames take.
+    pub(crate) fn plan(
+        &mut self,
+        budget: usize,
+        max_messages: usize,
+        max_message_len: usize,
+        out: &mut Vec<u64>,
+    ) -> usize {
+        out.clear();
+        let mut used = 0usize;
+        // Resends first, in the order they were found lost.
+        while out.len() < max_messages {
+            let Some(&seq) = self.lost.front() else { break };
+            let Some(entry) = seq
+                .checked_sub(self.base)
+                .and_then(|i| self.entries.get(i as usize))
+            else {
+                self.lost.pop_front();
+                continue;
+            };
+            if entry.acked || !entry.lost {
+                self.lost.pop_front();
+                continue;
+            }
+            let cost = frame_cost(entry);
+            if used + cost > budget {
+                break;
+            }
+            self.lost.pop_front();
+            used += cost;
+            out.push(seq);
+        }
+        // New data within the peer's window.
+        while out.len() < max_messages && !self.pending.is_empty() {
+            let window_room = self.peer_window.saturating_sub(self.entries_bytes as u64);
+            let space = budget.saturating_sub(used + MESSAGE_OVERHEAD);
+            let n = self
+                .pending
+                .len()
+                .min(max_message_len)
+                .min(space)
+                .min(usize::try_from(window_room).unwrap_or(usize::MAX));
+            if n == 0 {
+                break;
+            }
+            let data = self.pending.split_to(n).freeze();
+            used += MESSAGE_OVERHEAD + n;
+            self.entries_bytes += n;
+            out.push(self.next_seq());
+            self.entries.push_back(Entry {
+                data,
+                fin: false,
+                bundle: 0,
+                sent_at: Instant::ZERO,
+                acked: false,
+                lost: false,
+            });
+        }
+        if self.fin_sendable() && out.len() < max_messages && used + FRAME_HEADER_LEN + 8 <= budget
+        {
+            used += FRAME_HEADER_LEN + 8;
+            let seq = self.next_seq();
+            self.fin_seq = Some(seq);
+            out.push(seq);
+            self.entries.push_back(Entry {
+                data: Bytes::new(),
+                fin: true,
+                bundle: 0,
+                sent_at: Instant::ZERO,
+                acked: false,
+                lost: false,
+            });
+        }
+        used
+    }
+
+    /// Writes the planned messages and stamps them as sent in `bundle` at `now`.
+    fn write_planned(
+        &mut self,
+        enc: &mut BundleEncoder<'_>,
+        planned: &[u64],
+        bundle: u64,
+        now: Instant,
+        stats: &mut Stats,
+    ) {
+        for &seq in planned {
+            let Some(entry) = self.entries.get_mut((seq - self.base) as usize) else {
+                continue;
+            };
+            if entry.fin {
+                enc.fin(seq);
+            } else {
+                enc.message(seq, &entry.data);
+                stats.bytes_sent += entry.data.len() as u64;
+            }
+            if entry.lost {
+                stats.messages_resent += 1;
+            }
+            stats.messages_sent += 1;
+            entry.lost = false;
+            entry.bundle = bundle;
+            entry.sent_at = now;
+        }
+    }
+
+    /// Applies the peer's acknowledgement. Returns whether buffer space was freed.
+    pub(crate) fn on_ack(
+        &mut self,
+        ack: u64,
+        sacks: impl Iterator<Item = SackRange>,
+        window: u32,
+        reorder_window: Duration,
+    ) -> Result<bool, &'static str> {
+        let next = self.next_seq();
+        if ack > next {
+            return Err("acknowledgement of a message never sent");
+        }
+        if ack >= self.base {
+            // A bundle overtaken by a newer acknowledgement carries a stale window.
+            self.peer_window = u64::from(window);
+        }
+        let mut freed = false;
+        while self.base < ack {
+            // The loop runs at most entries.len() times: ack <= next_seq.
+            let Some(entry) = self.entries.pop_front() else { break };
+            self.base += 1;
+            self.entries_bytes -= entry.data.len();
+            freed = true;
+            if !entry.acked {
+                self.note_delivered(entry.sent_at);
+            }
+        }
+        for range in sacks {
+            if range.end > next {
+                return Err("selective acknowledgement of a message never sent");
+            }
+            let start = range.start.max(self.base);
+            for seq in start..range.end {
+                let i = (seq - self.base) as usize;
+                let entry = &mut self.entries[i];
+                if !entry.acked {
+                    entry.acked = true;
+                    let sent_at = entry.sent_at;
+                    self.note_delivered(sent_at);
+                }
+            }
+        }
+        if let Some(delivered) = self.delivered_sent_at {
+            for (i, entry) in self.entries.iter_mut().enumerate() {
+                if !entry.acked && !entry.lost && entry.sent_at + reorder_window < delivered {
+                    entry.lost = true;
+                    self.lost.push_back(self.base + i as u64);
+                }
+            }
+        }
+        Ok(freed)
+    }
+
+    fn note_delivered(&mut self, sent_at: Instant) {
+        if self.delivered_sent_at.is_none_or(|d| sent_at > d) {
+            self.delivered_sent_at = Some(sent_at);
+        }
+    }
+
+    /// The bundle `bundle` is known lost: its unacknowledged messages are to be resent.
+    pub(crate) fn on_bundle_lost(&mut self, bundle: u64) -> bool {
+        let mut any = false;
+        for (i, entry) in self.entries.iter_mut().enumerate() {
+            if entry.bundle == bundle && !entry.acked && !entry.lost {
+                entry.lost = true;
+                self.lost.push_back(self.base + i as u64);
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// Whether any unacknowledged message was last sent in `bundle`.
+    pub(crate) fn bundle_has_unacked(&self, bundle: u64) -> bool {
+        self.entries.iter().any(|e| e.bundle == bundle && !e.acked)
+    }
+
+    /// Reports (once) that buffer space appeared after a refused write.
+    pub(crate) fn take_writable(&mut self) -> bool {
+        if self.writer_blocked && self.buffered() < self.cap {
+            self.writer_blocked = false;
+            return true;
+        }
+        false
+    }
+}
+
+fn frame_cost(entry: &Entry) -> usize {
+    if entry.fin {
+        FRAME_HEADER_LEN + 8
+    } else {
+        MESSAGE_OVERHEAD + entry.data.len()
+    }
+}
+
+/// The receiving half: in-order data waiting for the application, and out-of-order messages.
+#[derive(Debug)]
+pub(crate) struct RecvQueue {
+    next: u64,
+    ready: VecDeque<Bytes>,
+    ready_len: usize,
+    /// Out-of-order messages; an empty payload marks the FIN.
+    out_of_order: BTreeMap<u64, Bytes>,
+    out_of_order_cost: usize,
+    fin_seq: Option<u64>,
+    cap: usize,
+    max_out_of_order: usize,
+    /// The window last advertised to the peer.
+    advertised: u32,
+}
+
+impl RecvQueue {
+    pub(crate) fn new(cap: usize, max_out_of_order: usize) -> Self {
+        RecvQueue {
+            next: 0,
+            ready: VecDeque::new(),
+            ready_len: 0,
+            out_of_order: BTreeMap::new(),
+            out_of_order_cost: 0,
+            fin_seq: None,
+            cap,
+            max_out_of_order,
+            advertised: 0,
+        }
+    }
+
+    /// The cumulative acknowledgement: the next sequence number expected.
+    pub(crate) fn ack(&self) -> u64 {
+        self.next
+    }
+
+    /// The window to advertise, in bytes from the cumulative acknowledgement.
+    pub(crate) fn window(&self) -> u32 {
+        u32::try_from(self.cap.saturating_sub(self.ready_len)).unwrap_or(u32::MAX)
+    }
+
+    /// The peer's FIN arrived in order: after the ready bytes, the stream ends.
+    pub(crate) fn is_finished(&self) -> bool {
+        matches!(self.fin_seq, Some(s) if s < self.next)
+    }
+
+    pub(crate) fn has_readable(&self) -> bool {
+        self.ready_len > 0 || self.is_finished()
+    }
+
+    pub(crate) fn buffered(&self) -> usize {
+        self.ready_len + self.out_of_order_cost
+    }
+
+    /// Takes one message. Returns whether it was new.
+    pub(crate) fn on_message(&mut self, seq: u64, payload: Bytes) -> Result<bool, &'static str> {
+        if seq < self.next || self.out_of_order.contains_key(&seq) {
+            return Ok(false);
+        }
+        if matches!(self.fin_seq, Some(f) if seq >= f) {
+            return Err("message after the end of the stream");
+        }
+        if seq == self.next {
+            if self.ready_len + payload.len() > self.cap {
+                return Ok(false); // Beyond the window: dropped, so never acknowledged.
+            }
+            self.ready_len += payload.len();
+            self.ready.push_back(payload);
+            self.next += 1;
+            self.drain_in_order();
+            return Ok(true);
+        }
+        let cost = payload.len() + OUT_OF_ORDER_ENTRY_COST;
+        if self.out_of_order.len() >= self.max_out_of_order
+            || self.ready_len + self.out_of_order_cost + cost > self.cap
+        {
+            return Ok(false);
+        }
+        self.out_of_order_cost += cost;
+        self.out_of_order.insert(seq, payload);
+        Ok(true)
+    }
+
+    /// Takes the FIN. Returns whether it was new.
+    pub(crate) fn on_fin(&mut self, seq: u64) -> Result<bool, &'static str> {
+        match self.fin_seq {
+            Some(f) if f == seq => return Ok(false),
+            Some(_) => return Err("two different ends of stream"),
+            None => {}
+        }
+        if seq < self.next {
+            return Err("end of stream inside received data");
+        }
+        if self.out_of_order.range(seq..).next().is_some() {
+            return Err("end of stream before received data");
+        }
+        self.fin_seq = Some(seq);
+        if seq == self.next {
+            self.next += 1;
+        } else {
+            self.out_of_order_cost += OUT_OF_ORDER_ENTRY_COST;
+            self.out_of_order.insert(seq, Bytes::new());
+        }
+        Ok(true)
+    }
+
+    fn drain_in_order(&mut self) {
+        while let Some(entry) = self.out_of_order.first_entry() {
+            if *entry.key() != self.next {
+                break;
+            }
+            let payload = entry.remove();
+            self.out_of_order_cost -= payload.len() + OUT_OF_ORDER_ENTRY_COST;
+            self.next += 1;
+            if !payload.is_empty() {
+                self.ready_len += payload.len();
+                self.ready.push_back(payload);
+            }
+        }
+    }
+
+    /// Copies ready bytes into `buf`.
+    pub(crate) fn read(&mut self, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        while n < buf.len() {
+            let Some(front) = self.ready.front_mut() else { break };
+            let take = front.len().min(buf.len() - n);
+            buf[n..n + take].copy_from_slice(&front[..take]);
+            front.advance(take);
+            n += take;
+            if front.is_empty() {
+                self.ready.pop_front();
+            }
+        }
+        self.ready_len -= n;
+        n
+    }
+
+    /// Takes up to `max` ready bytes without copying.
+    pub(crate) fn read_chunk(&mut self, max: usize) -> Option<Bytes> {
+        let front = self.ready.front_mut()?;
+        let chunk = if front.len() <= max {
+            self.ready.pop_front()?
+        } else {
+            front.split_to(max)
+        };
+        self.ready_len -= chunk.len();
+        Some(chunk)
+    }
+
+    /// Fills `out` with SACK ranges above the cumulative acknowledgement (lowest first).
+    pub(crate) fn sacks(&self, out: &mut Vec<SackRange>, max: usize) {
+        out.clear();
+        for &seq in self.out_of_order.keys() {
+            match out.last_mut() {
+                Some(last) if last.end == seq => last.end += 1,
+                _ => {
+                    if out.len() == max {
+                        break;
+                    }
+                    out.push(SackRange { start: seq, end: seq + 1 });
+                }
+            }
+        }
+    }
+
+    /// Whether the window grew enough since last advertised that the peer should hear of it.
+    pub(crate) fn window_opened(&self) -> bool {
+        let now = self.window();
+        let quarter = u32::try_from(self.cap / 4).unwrap_or(u32::MAX);
+        self.advertised < quarter && now >= quarter.saturating_mul(2)
+    }
+}
+
+/// The stream state of one session plus reusable scratch space for building bundles.
+#[derive(Debug)]
+pub(crate) struct Stream {
+    pub send: SendQueue,
+    pub recv: RecvQueue,
+    pub stats: Stats,
+    sack_scratch: Vec<SackRange>,
+    plan_scratch: Vec<u64>,
+    reorder_window: Duration,
+}
+
+/// A bundle ready to be written: its exact length is known before the HTTP head is.
+#[must_use]
+pub(crate) struct PlannedBundle {
+    pub len: usize,
+    /// Messages (and FIN) chosen.
+    pub messages: usize,
+}
+
+impl Stream {
+    pub(crate) fn new(config: &SessionConfig) -> Self {
+        Stream {
+            send: SendQueue::new(config.send_buffer),
+            recv: RecvQueue::new(config.recv_buffer, config.max_out_of_order),
+            stats: Stats::default(),
+            sack_scratch: Vec::new(),
+            plan_scratch: Vec::new(),
+            reorder_window: config.reorder_window,
+        }
+    }
+
+    /// Chooses the contents of the next bundle. `allow_data` false sends acknowledgements and
+    /// controls only.
+    pub(crate) fn plan(
+        &mut self,
+        config: &SessionConfig,
+        controls: &[Control],
+        allow_data: bool,
+    ) -> PlannedBundle {
+        let max_sacks = config.wire.max_sack_ranges.min(32);
+        self.recv.sacks(&mut self.sack_scratch, max_sacks);
+        let controls_len: usize = controls.iter().map(Control::encoded_len).sum();
+        let fixed = wire::bundle_len(self.sack_scratch.len(), controls_len, 0);
+        let frames_len = if allow_data {
+            let budget = config.max_bundle_len.saturating_sub(fixed);
+            self.send.plan(
+                budget,
+                config.max_bundle_messages,
+                config.max_message_len,
+                &mut self.plan_scratch,
+            )
+        } else {
+            self.plan_scratch.clear();
+            0
+        };
+        PlannedBundle {
+            len: fixed + frames_len,
+            messages: self.plan_scratch.len(),
+        }
+    }
+
+    /// Writes the planned bundle to `buf`.
+    pub(crate) fn write(
+        &mut self,
+        planned: PlannedBundle,
+        buf: &mut Vec<u8>,
+        mut header: Header,
+        controls: &[Control],
+        bundle: u64,
+        now: Instant,
+    ) {
+        header.ack = self.recv.ack();
+        header.window = self.recv.window();
+        self.recv.advertised = header.window;
+        let start = buf.len();
+        let mut enc = BundleEncoder::new(buf, &header, &self.sack_scratch, 0);
+        for control in controls {
+            control.encode(&mut enc);
+        }
+        let planned_seqs = core::mem::take(&mut self.plan_scratch);
+        self.send
+            .write_planned(&mut enc, &planned_seqs, bundle, now, &mut self.stats);
+        self.plan_scratch = planned_seqs;
+        let written = enc.finish_untagged();
+        debug_assert_eq!(written, planned.len);
+        debug_assert_eq!(buf.len() - start, planned.len);
+    }
+
+    /// Applies a received bundle: acknowledgements, messages and control frames.
+    pub(crate) fn process(&mut self, bundle: &Bundle) -> Result<ReceivedControls, &'static str> {
+        let header = bundle.header();
+        let mut controls = ReceivedControls::default();
+        let freed = self.send.on_ack(
+            header.ack,
+            bundle.sacks(),
+            header.window,
+            self.reorder_window,
+        )?;
+        let _ = freed;
+        for frame in bundle.frames() {
+            match frame {
+                Frame::Message { seq, payload } => {
+                    let len = payload.len();
+                    if self.recv.on_message(seq, payload)? {
+                        controls.new_data = true;
+                        self.stats.bytes_received += len as u64;
+                    }
+                }
+                Frame::Fin { seq } => {
+                    if self.recv.on_fin(seq)? {
+                        controls.new_data = true;
+                    }
+                }
+                Frame::Open { nonce, max_wait_ms } => controls.open = Some((nonce, max_wait_ms)),
+                Frame::Close => controls.close = true,
+                Frame::Abort { code, reason } => {
+                    let text = core::str::from_utf8(&reason).unwrap_or("");
+                    controls.abort = Some((code, String::from(text)));
+                }
+                Frame::Unreadable { rid } => {
+                    if controls.unreadable_count < MAX_REPORTS {
+                        controls.unreadable[controls.unreadable_count] = rid;
+                        controls.unreadable_count += 1;
+                    }
+                }
+                Frame::Unknown { .. } => {}
+            }
+        }
+        Ok(controls)
+    }
+
+    /// Both directions finished and were acknowledged.
+    pub(crate) fn is_done(&self) -> bool {
+        self.send.is_fin_acked() && self.recv.is_finished()
+    }
+}
