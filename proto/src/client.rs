@@ -25,7 +25,7 @@ use bytes::Bytes;
 use crate::config::ClientConfig;
 use crate::error::{Event, ReadError, SessionError, WriteError};
 use crate::http::{self, RequestHead, RequestTarget, Response, ResponseParser};
-use crate::stream::{Control, Stats, Stream, MAX_REPORTS};
+use crate::stream::{Control, RttEstimator, Stats, Stream, MAX_REPORTS};
 use crate::time::{self, Instant};
 use crate::url::{Scheme, Url};
 use crate::wire::{self, AbortCode, DecodeError, Header, SessionId, NONCE_LEN};
@@ -42,7 +42,8 @@ pub struct Transmit {
     pub conn: ConnId,
     /// Bytes appended to the buffer.
     pub len: usize,
-    /// Open a new connection for this slot first (closing any previous one).
+    /// Open a new connection for this slot first, closing any previous one of the slot (a
+    /// close of this slot still queued in [`Client::poll_close`] is withdrawn).
     pub open: bool,
 }
 
@@ -137,43 +138,6 @@ struct LostReport {
     carried_by: Option<u64>,
 }
 
-/// RFC 6298 round-trip estimation.
-#[derive(Debug, Clone, Copy)]
-struct RttEstimator {
-    srtt: Option<Duration>,
-    rttvar: Duration,
-    initial: Duration,
-    min: Duration,
-    max: Duration,
-    backoff: u32,
-}
-
-impl RttEstimator {
-    fn sample(&mut self, rtt: Duration) {
-        match self.srtt {
-            None => {
-                self.srtt = Some(rtt);
-                self.rttvar = rtt / 2;
-            }
-            Some(srtt) => {
-                let diff = srtt.abs_diff(rtt);
-                self.rttvar = (self.rttvar * 3 + diff) / 4;
-                self.srtt = Some((srtt * 7 + rtt) / 8);
-            }
-        }
-        self.backoff = 0;
-    }
-
-    fn rto(&self) -> Duration {
-        let base = match self.srtt {
-            None => self.initial,
-            Some(srtt) => srtt + (self.rttvar * 4).max(Duration::from_millis(1)),
-        };
-        let backed = base.saturating_mul(1u32 << self.backoff.min(16));
-        backed.clamp(self.min, self.max)
-    }
-}
-
 /// Lifecycle of the client session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
@@ -233,14 +197,7 @@ impl Client {
                 parser: ResponseParser::new(config.session.http.clone()),
             })
             .collect();
-        let rtt = RttEstimator {
-            srtt: None,
-            rttvar: Duration::ZERO,
-            initial: config.initial_rto,
-            min: config.min_rto,
-            max: config.max_rto,
-            backoff: 0,
-        };
+        let rtt = RttEstimator::new(config.initial_rto, config.min_rto, config.max_rto);
         Client {
             stream: Stream::new(&config.session),
             server_max_wait: config.assumed_max_wait,
@@ -566,6 +523,11 @@ impl Client {
         self.stream.stats.exchanges += 1;
 
         let open = self.slots[slot].state == SlotState::Closed;
+        if open {
+            // Opening replaces the slot's old connection: a pending close of it is implied, and
+            // must not hit the new one whatever order the driver drains outputs in.
+            self.closes.retain(|c| c.0 != slot as u64);
+        }
         self.slots[slot].state = SlotState::Busy;
         let rto = self.rtt.rto();
         self.in_flight.push_back(InFlight {
@@ -704,9 +666,17 @@ impl Client {
                 return self.request_lost(now, rid);
             }
         };
+        if response.status != 200
+            && bundle
+                .frames()
+                .any(|f| matches!(f, wire::Frame::Unreadable { .. }))
+        {
+            // The server could not read this request: send its contents again.
+            return self.request_lost(now, rid);
+        }
         let Some(req) = self.finish_exchange(rid) else { return };
         let header = *bundle.header();
-        let controls = match self.stream.process(&bundle) {
+        let controls = match self.stream.process(&bundle, now, None) {
             Ok(c) => c,
             Err(what) => {
                 self.end(now, Err(SessionError::Protocol(what)));

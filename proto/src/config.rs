@@ -85,7 +85,7 @@ impl Default for ClientConfig {
             silence_timeout: Duration::from_secs(60),
             max_failures: 12,
             coalesce_delay: Duration::ZERO,
-            close_attempts: 3,
+            close_attempts: 8,
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::client::ConnId;
 use crate::config::ServerConfig;
 use crate::error::{Event, ReadError, SessionError, WriteError};
 use crate::http::{self, Method, Request, RequestParser};
-use crate::stream::{Control, Stats, Stream};
+use crate::stream::{Control, RttEstimator, Stats, Stream};
 use crate::time::{self, Instant};
 use crate::wire::{self, AbortCode, BundleEncoder, Header, SessionId, NONCE_LEN};
 
@@ -123,6 +123,8 @@ struct Held {
 #[derive(Debug)]
 struct Session {
     stream: Stream,
+    /// Time from sending a message to the request acknowledging it.
+    rtt: RttEstimator,
     held: VecDeque<Held>,
     hold: u8,
     max_rid: u64,
@@ -442,6 +444,11 @@ impl Server {
                 id,
                 Session {
                     stream: Stream::new(&self.config.session),
+                    rtt: RttEstimator::new(
+                        Duration::from_secs(1),
+                        Duration::from_millis(200),
+                        self.config.max_wait,
+                    ),
                     held: VecDeque::new(),
                     hold: 1,
                     max_rid: 0,
@@ -469,7 +476,8 @@ impl Server {
             self.stats.duplicate_requests += 1;
         }
         s.last_request = now;
-        let controls = match s.stream.process(&bundle) {
+        let tail_rto = s.rtt.rto();
+        let controls = match s.stream.process(&bundle, now, Some(tail_rto)) {
             Ok(c) => c,
             Err(what) => {
                 self.end_session(id, Err(SessionError::Protocol(what)), true);
@@ -478,6 +486,9 @@ impl Server {
             }
         };
         let Some(s) = self.sessions.get_mut(&id) else { return };
+        if let Some(sent_at) = controls.newest_acked.filter(|_| fresh) {
+            s.rtt.sample(now.saturating_duration_since(sent_at));
+        }
         if controls.new_data {
             s.ack_urgent = true;
             self.events.push_back(ServerEvent {
@@ -673,11 +684,17 @@ impl Server {
     /// Timers: call at or after the instant [`Server::poll_timeout`] returned.
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = time::advance(&mut self.last_now, now);
+        // Collect first: handling a timer may register a deadline that is already due (a held
+        // request is answered by the next poll_transmit, not here).
+        let mut due = Vec::new();
         while let Some(Reverse((at, key))) = self.timers.peek().copied() {
             if at > now {
                 break;
             }
             self.timers.pop();
+            due.push((at, key));
+        }
+        for (at, key) in due {
             match key {
                 TimerKey::Session(id) => {
                     let Some(s) = self.sessions.get_mut(&id) else { continue };

@@ -123,6 +123,8 @@ pub struct SimConfig {
     pub max_steps: u64,
     /// Most virtual time before the run stops.
     pub max_time: Duration,
+    /// Record a line per network event in [`Sim::trace`].
+    pub trace: bool,
 }
 
 impl Default for SimConfig {
@@ -136,6 +138,7 @@ impl Default for SimConfig {
             partition_at: None,
             max_steps: 2_000_000,
             max_time: Duration::from_secs(600),
+            trace: false,
         }
     }
 }
@@ -149,8 +152,11 @@ pub struct Workload {
     pub server_sends: Vec<u8>,
     /// Largest single write.
     pub write_chunk: usize,
-    /// Most bytes read per application turn (small values make a slow reader).
+    /// Size of each read.
     pub read_chunk: usize,
+    /// Pause after each read (virtual time): with a small `read_chunk`, a slow reader. Zero
+    /// reads everything available at once.
+    pub read_pause: Duration,
     /// Finish (half-close) after sending everything.
     pub finish: bool,
     /// The client aborts once it has sent this many bytes.
@@ -164,6 +170,7 @@ impl Default for Workload {
             server_sends: Vec::new(),
             write_chunk: 16 * 1024,
             read_chunk: 1 << 20,
+            read_pause: Duration::ZERO,
             finish: true,
             client_abort_after: None,
         }
@@ -189,6 +196,39 @@ pub struct AppSide {
     pub events_after_end: u32,
     /// A read failed with this error.
     pub read_error: Option<ReadError>,
+    /// With a read pause: no read before this instant.
+    pub next_read: Instant,
+}
+
+impl AppSide {
+    /// Reads what `read` yields, within the workload's pacing. Returns whether anything moved.
+    fn read_with(
+        &mut self,
+        w: &Workload,
+        now: Instant,
+        mut read: impl FnMut(&mut [u8]) -> Result<usize, ReadError>,
+    ) -> bool {
+        let mut moved = false;
+        let mut buf = alloc::vec![0u8; w.read_chunk.max(1)];
+        while !self.eof && self.read_error.is_none() && now >= self.next_read {
+            match read(&mut buf) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    self.received.extend_from_slice(&buf[..n]);
+                    self.next_read = now + w.read_pause;
+                }
+                Err(ReadError::Blocked) => return moved,
+                Err(e) => self.read_error = Some(e),
+            }
+            moved = true;
+        }
+        moved
+    }
+
+    /// When a paced reader wants to read next, if it waits.
+    fn wants_read_at(&self, now: Instant) -> Option<Instant> {
+        (!self.eof && self.read_error.is_none() && self.next_read > now).then_some(self.next_read)
+    }
 }
 
 #[derive(Debug)]
@@ -256,9 +296,24 @@ pub struct Sim {
     /// Times a server application write found no held request to carry it.
     pub writes_without_held_request: u64,
     buf: Vec<u8>,
+    /// One line per network event when `config.trace` is set.
+    pub trace: Vec<String>,
+}
+
+/// The first line of an HTTP message, for traces.
+fn first_line(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == b'\r').unwrap_or(bytes.len().min(60));
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
 impl Sim {
+    fn log(&mut self, what: impl FnOnce() -> String) {
+        if self.config.trace {
+            let line = format!("{:>10.3}ms {}", self.now.as_micros() as f64 / 1000.0, what());
+            self.trace.push(line);
+        }
+    }
+
     /// A simulation of `n` clients running `workload` against one server.
     pub fn new(
         config: SimConfig,
@@ -313,6 +368,7 @@ impl Sim {
             messages: (0, 0),
             writes_without_held_request: 0,
             buf: Vec::new(),
+            trace: Vec::new(),
         }
     }
 
@@ -357,7 +413,12 @@ impl Sim {
             .all(|c| {
                 let server_done = c.server_app.end.is_some()
                     || self.server.buffered(c.core.session_id()).is_none();
-                c.app.end.is_some() && server_done && c.core.is_drained()
+                let read_out = |a: &AppSide| a.eof || a.read_error.is_some() || a.end.as_ref().is_some_and(|e| e.is_err());
+                c.app.end.is_some()
+                    && server_done
+                    && c.core.is_drained()
+                    && read_out(&c.app)
+                    && (read_out(&c.server_app) || c.server_app.end.is_none())
             })
     }
 
@@ -368,8 +429,11 @@ impl Sim {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         };
+        let now = self.now;
         for c in &self.clients {
             consider(c.core.poll_timeout());
+            consider(c.app.wants_read_at(now));
+            consider(c.server_app.wants_read_at(now));
         }
         consider(self.server.poll_timeout());
         next
@@ -390,16 +454,20 @@ impl Sim {
         for i in 0..self.clients.len() {
             if self.clients[i].core.poll_timeout().is_some_and(|t| t <= now) {
                 self.clients[i].core.handle_timeout(now);
-                if let Some(t) = self.clients[i].core.poll_timeout() {
-                    assert!(t > now, "client deadline {t:?} not after {now:?} after handle_timeout");
-                }
             }
         }
         if self.server.poll_timeout().is_some_and(|t| t <= now) {
             self.server.handle_timeout(now);
-            if let Some(t) = self.server.poll_timeout() {
-                assert!(t > now, "server deadline {t:?} not after {now:?} after handle_timeout");
+        }
+        // Once outputs are drained, no core may ask to be woken at or before the present.
+        self.settle();
+        for c in &self.clients {
+            if let Some(t) = c.core.poll_timeout() {
+                assert!(t > now, "client deadline {t:?} not after {now:?}");
             }
+        }
+        if let Some(t) = self.server.poll_timeout() {
+            assert!(t > now, "server deadline {t:?} not after {now:?}");
         }
     }
 
@@ -480,6 +548,7 @@ impl Sim {
                     link
                 }
             };
+            self.log(|| format!("client {i} slot {} link {link} open={} sends {} bytes", t.conn.0, t.open, t.len));
             self.send_request(link, bytes);
         }
         while let Some(conn) = self.clients[i].core.poll_close() {
@@ -490,6 +559,7 @@ impl Sim {
         }
         while let Some(event) = self.clients[i].core.poll_event() {
             moved = true;
+            self.log(|| format!("client {i} event {event:?}"));
             let app = &mut self.clients[i].app;
             if app.end.is_some() {
                 app.events_after_end += 1;
@@ -579,9 +649,12 @@ impl Sim {
                 self.schedule(at, Delivery::ServerClosed { link });
             }
         }
-        while self.server.poll_refusal().is_some() {}
+        while let Some(r) = self.server.poll_refusal() {
+            self.log(|| format!("server refused {r:?}"));
+        }
         while let Some(ev) = self.server.poll_event() {
             moved = true;
+            self.log(|| format!("server event {:?}", ev.event));
             let Some(&i) = self.sessions.get(&ev.session) else { continue };
             let app = &mut self.clients[i].server_app;
             if app.end.is_some() {
@@ -634,6 +707,10 @@ impl Sim {
             self.close_server_side(link, at);
             return;
         }
+        if f.close_after_response {
+            // Such proxies announce it, as tinyproxy does.
+            bytes = announce_close(&bytes);
+        }
         if self.rng.chance(f.corrupt_response) {
             flip_body_byte(&mut self.rng, &mut bytes);
         }
@@ -665,6 +742,16 @@ impl Sim {
 
     fn deliver(&mut self, d: Delivery) {
         let now = self.now;
+        self.log(|| match &d {
+            Delivery::ToServer { link, bytes } => {
+                format!("link {link} -> server: {} ({} bytes)", first_line(bytes), bytes.len())
+            }
+            Delivery::ToClient { link, bytes } => {
+                format!("link {link} -> client: {} ({} bytes)", first_line(bytes), bytes.len())
+            }
+            Delivery::ClientClosed { link } => format!("link {link} closed by client side"),
+            Delivery::ServerClosed { link } => format!("link {link} closed by server side"),
+        });
         match d {
             Delivery::ToServer { link, bytes } => {
                 let Some(l) = self.links.get_mut(&link) else { return };
@@ -748,24 +835,9 @@ impl Sim {
             }
         }
         // Read.
-        if !c.app.eof && c.app.read_error.is_none() {
-            let mut buf = alloc::vec![0u8; w.read_chunk.max(1)];
-            match c.core.read(&mut buf) {
-                Ok(0) => {
-                    c.app.eof = true;
-                    moved = true;
-                }
-                Ok(n) => {
-                    c.app.received.extend_from_slice(&buf[..n]);
-                    moved = true;
-                }
-                Err(ReadError::Blocked) => {}
-                Err(e) => {
-                    c.app.read_error = Some(e);
-                    moved = true;
-                }
-            }
-        }
+        let now = self.now;
+        let core = &mut c.core;
+        moved |= c.app.read_with(w, now, |buf| core.read(buf));
         let b = c.core.buffered();
         self.max_client_buffered.0 = self.max_client_buffered.0.max(b.0);
         self.max_client_buffered.1 = self.max_client_buffered.1.max(b.1);
@@ -776,12 +848,13 @@ impl Sim {
         let mut moved = false;
         let ids: Vec<(SessionId, usize)> = self.sessions.iter().map(|(k, v)| (*k, *v)).collect();
         for (id, i) in ids {
-            if self.server.buffered(id).is_none() {
-                continue;
-            }
+            let alive = self.server.buffered(id).is_some();
             let w = &self.workload;
             let c = &mut self.clients[i];
-            while c.server_app.sent < w.server_sends.len() && c.server_app.end.is_none() {
+            if !alive && c.server_app.end.is_none() {
+                continue; // Not opened yet.
+            }
+            while alive && c.server_app.sent < w.server_sends.len() && c.server_app.end.is_none() {
                 let end = (c.server_app.sent + w.write_chunk).min(w.server_sends.len());
                 let idle = self.server.buffered(id).is_some_and(|b| b.0 == 0);
                 let held = self.server.held_requests(id);
@@ -796,30 +869,14 @@ impl Sim {
                     Err(_) => break,
                 }
             }
-            if w.finish && !c.server_finished && c.server_app.sent == w.server_sends.len() {
+            if alive && w.finish && !c.server_finished && c.server_app.sent == w.server_sends.len() {
                 self.server.finish(id);
                 c.server_finished = true;
                 c.server_app.finished = true;
                 moved = true;
             }
-            if !c.server_app.eof && c.server_app.read_error.is_none() {
-                let mut buf = alloc::vec![0u8; w.read_chunk.max(1)];
-                match self.server.read(id, &mut buf) {
-                    Ok(0) => {
-                        c.server_app.eof = true;
-                        moved = true;
-                    }
-                    Ok(n) => {
-                        c.server_app.received.extend_from_slice(&buf[..n]);
-                        moved = true;
-                    }
-                    Err(ReadError::Blocked) => {}
-                    Err(e) => {
-                        c.server_app.read_error = Some(e);
-                        moved = true;
-                    }
-                }
-            }
+            let server = &mut self.server;
+            moved |= c.server_app.read_with(w, self.now, |buf| server.read(id, buf));
             if let Some(b) = self.server.buffered(id) {
                 self.max_server_buffered.0 = self.max_server_buffered.0.max(b.0);
                 self.max_server_buffered.1 = self.max_server_buffered.1.max(b.1);
@@ -845,6 +902,22 @@ fn flip_body_byte(rng: &mut SimRng, bytes: &mut [u8]) {
         rng.below(bytes.len() as u64) as usize
     };
     bytes[at] ^= 1 << rng.below(8);
+}
+
+/// Rewrites a response head's `Connection: keep-alive` to `Connection: close`.
+fn announce_close(bytes: &[u8]) -> Vec<u8> {
+    let needle = b"Connection: keep-alive";
+    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
+    match bytes[..head_end].windows(needle.len()).position(|w| w == needle) {
+        Some(at) => {
+            let mut out = Vec::with_capacity(bytes.len());
+            out.extend_from_slice(&bytes[..at]);
+            out.extend_from_slice(b"Connection: close");
+            out.extend_from_slice(&bytes[at + needle.len()..]);
+            out
+        }
+        None => bytes.to_vec(),
+    }
 }
 
 /// A deterministic pseudo-random payload of `len` bytes.

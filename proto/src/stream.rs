@@ -89,6 +89,8 @@ pub(crate) struct ReceivedControls {
     pub unreadable_count: usize,
     /// The bundle carried messages or a FIN that were new.
     pub new_data: bool,
+    /// Send time of the newest of our messages it acknowledged.
+    pub newest_acked: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -101,6 +103,54 @@ struct Entry {
     sent_at: Instant,
     acked: bool,
     lost: bool,
+}
+
+/// RFC 6298 round-trip estimation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RttEstimator {
+    pub(crate) srtt: Option<Duration>,
+    rttvar: Duration,
+    initial: Duration,
+    min: Duration,
+    max: Duration,
+    pub(crate) backoff: u32,
+}
+
+impl RttEstimator {
+    pub(crate) fn new(initial: Duration, min: Duration, max: Duration) -> Self {
+        RttEstimator {
+            srtt: None,
+            rttvar: Duration::ZERO,
+            initial,
+            min,
+            max,
+            backoff: 0,
+        }
+    }
+
+    pub(crate) fn sample(&mut self, rtt: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(srtt) => {
+                let diff = srtt.abs_diff(rtt);
+                self.rttvar = (self.rttvar * 3 + diff) / 4;
+                self.srtt = Some((srtt * 7 + rtt) / 8);
+            }
+        }
+        self.backoff = 0;
+    }
+
+    pub(crate) fn rto(&self) -> Duration {
+        let base = match self.srtt {
+            None => self.initial,
+            Some(srtt) => srtt + (self.rttvar * 4).max(Duration::from_millis(1)),
+        };
+        let backed = base.saturating_mul(1u32 << self.backoff.min(16));
+        backed.clamp(self.min, self.max)
+    }
 }
 
 /// The sending half: application bytes not yet sent, and sent messages not yet acknowledged.
@@ -316,14 +366,18 @@ impl SendQueue {
         }
     }
 
-    /// Applies the peer's acknowledgement. Returns whether buffer space was freed.
+    /// Applies the peer's acknowledgement, arriving at `now`. With `tail_rto`, a message sent
+    /// longer than that ago and still unacknowledged is lost (the peer acknowledges promptly).
+    /// Returns the send time of the newest message this acknowledgement delivered.
     pub(crate) fn on_ack(
         &mut self,
+        now: Instant,
         ack: u64,
         sacks: impl Iterator<Item = SackRange>,
         window: u32,
         reorder_window: Duration,
-    ) -> Result<bool, &'static str> {
+        tail_rto: Option<Duration>,
+    ) -> Result<Option<Instant>, &'static str> {
         let next = self.next_seq();
         if ack > next {
             return Err("acknowledgement of a message never sent");
@@ -332,15 +386,19 @@ impl SendQueue {
             // A bundle overtaken by a newer acknowledgement carries a stale window.
             self.peer_window = u64::from(window);
         }
-        let mut freed = false;
+        let mut newest: Option<Instant> = None;
+        let mut note = |sent_at: Instant| {
+            if newest.is_none_or(|n| sent_at > n) {
+                newest = Some(sent_at);
+            }
+        };
         while self.base < ack {
             // The loop runs at most entries.len() times: ack <= next_seq.
             let Some(entry) = self.entries.pop_front() else { break };
             self.base += 1;
             self.entries_bytes -= entry.data.len();
-            freed = true;
             if !entry.acked {
-                self.note_delivered(entry.sent_at);
+                note(entry.sent_at);
             }
         }
         for range in sacks {
@@ -353,26 +411,31 @@ impl SendQueue {
                 let entry = &mut self.entries[i];
                 if !entry.acked {
                     entry.acked = true;
-                    let sent_at = entry.sent_at;
-                    self.note_delivered(sent_at);
+                    note(entry.sent_at);
                 }
             }
         }
-        if let Some(delivered) = self.delivered_sent_at {
+        if let Some(n) = newest {
+            if self.delivered_sent_at.is_none_or(|d| n > d) {
+                self.delivered_sent_at = Some(n);
+            }
+        }
+        let rack = self.delivered_sent_at.map(|d| d - reorder_window);
+        let tail = tail_rto.map(|rto| now - rto);
+        if rack.is_some() || tail.is_some() {
             for (i, entry) in self.entries.iter_mut().enumerate() {
-                if !entry.acked && !entry.lost && entry.sent_at + reorder_window < delivered {
+                if entry.acked || entry.lost {
+                    continue;
+                }
+                let reordered = rack.is_some_and(|r| entry.sent_at < r);
+                let timed_out = tail.is_some_and(|t| entry.sent_at <= t);
+                if reordered || timed_out {
                     entry.lost = true;
                     self.lost.push_back(self.base + i as u64);
                 }
             }
         }
-        Ok(freed)
-    }
-
-    fn note_delivered(&mut self, sent_at: Instant) {
-        if self.delivered_sent_at.is_none_or(|d| sent_at > d) {
-            self.delivered_sent_at = Some(sent_at);
-        }
+        Ok(newest)
     }
 
     /// The bundle `bundle` is known lost: its unacknowledged messages are to be resent.
@@ -673,17 +736,24 @@ impl Stream {
         debug_assert_eq!(buf.len() - start, planned.len);
     }
 
-    /// Applies a received bundle: acknowledgements, messages and control frames.
-    pub(crate) fn process(&mut self, bundle: &Bundle) -> Result<ReceivedControls, &'static str> {
+    /// Applies a received bundle: acknowledgements, messages and control frames. See
+    /// [`SendQueue::on_ack`] for `tail_rto`.
+    pub(crate) fn process(
+        &mut self,
+        bundle: &Bundle,
+        now: Instant,
+        tail_rto: Option<Duration>,
+    ) -> Result<ReceivedControls, &'static str> {
         let header = bundle.header();
         let mut controls = ReceivedControls::default();
-        let freed = self.send.on_ack(
+        controls.newest_acked = self.send.on_ack(
+            now,
             header.ack,
             bundle.sacks(),
             header.window,
             self.reorder_window,
+            tail_rto,
         )?;
-        let _ = freed;
         for frame in bundle.frames() {
             match frame {
                 Frame::Message { seq, payload } => {

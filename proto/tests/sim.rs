@@ -10,6 +10,7 @@ use proptest::prelude::*;
 fn client_config() -> ClientConfig {
     ClientConfig {
         max_failures: 1000,
+        close_attempts: 1000,
         silence_timeout: Duration::from_secs(120),
         ..ClientConfig::default()
     }
@@ -83,7 +84,8 @@ fn lossless_interactive_traffic_always_finds_a_held_request() {
         1,
     );
     assert_clean_transfer(&mut sim);
-    assert_eq!(sim.writes_without_held_request, 0);
+    // The first write may come before the client parked anything; none after it may.
+    assert!(sim.writes_without_held_request <= 1, "{}", sim.writes_without_held_request);
     assert_eq!(sim.clients[0].core.stats().messages_resent, 0);
 }
 
@@ -135,7 +137,8 @@ fn slow_reader_keeps_buffers_within_caps() {
         cc.clone(),
         sc.clone(),
         Workload {
-            read_chunk: 700,
+            read_chunk: 7000,
+            read_pause: Duration::from_millis(1),
             ..workload(2 << 20, 2 << 20, 5)
         },
         1,
@@ -248,6 +251,7 @@ proptest! {
         down in 0usize..300_000,
         write_chunk in 1usize..70_000,
         read_chunk in 1usize..100_000,
+        read_pause_us in prop_oneof![Just(0u64), 0u64..2000],
         latency_ms in 0u64..50,
         jitter_ms in 0u64..20,
         hold in 1u8..4,
@@ -269,7 +273,12 @@ proptest! {
             },
             cc.clone(),
             sc.clone(),
-            Workload { write_chunk, read_chunk, ..workload(up, down, seed) },
+            Workload {
+                write_chunk,
+                read_chunk,
+                read_pause: Duration::from_micros(read_pause_us),
+                ..workload(up, down, seed)
+            },
             1,
         );
         sim.run().map_err(|e| TestCaseError::fail(format!("{e}: {sim:?}")))?;
