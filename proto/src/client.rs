@@ -346,7 +346,9 @@ impl Client {
     /// Response bytes arrived on `conn`.
     pub fn handle_bytes(&mut self, now: Instant, conn: ConnId, data: &[u8]) {
         let now = time::advance(&mut self.last_now, now);
-        let Some(slot) = self.slot_index(conn) else { return };
+        let Some(slot) = self.slot_index(conn) else {
+            return;
+        };
         if self.slots[slot].state != SlotState::Busy {
             // Bytes with no request outstanding: the connection is unusable.
             self.close_slot(slot);
@@ -366,7 +368,9 @@ impl Client {
     /// `conn` closed (EOF, reset, or the connection attempt failed).
     pub fn handle_closed(&mut self, now: Instant, conn: ConnId) {
         let now = time::advance(&mut self.last_now, now);
-        let Some(slot) = self.slot_index(conn) else { return };
+        let Some(slot) = self.slot_index(conn) else {
+            return;
+        };
         match self.slots[slot].state {
             SlotState::Closed => {}
             SlotState::Idle => self.reset_slot(slot),
@@ -458,8 +462,8 @@ impl Client {
             Phase::Opening if in_flight > 0 => return None,
             Phase::Opening => false,
             Phase::Open => {
-                let park_target = usize::from(self.granted_hold)
-                    + usize::from(self.stream.send.has_unacked());
+                let park_target =
+                    usize::from(self.granted_hold) + usize::from(self.stream.send.has_unacked());
                 let coalescing = self.coalesce_until.is_some() && in_flight > 0;
                 let has_reports = self.lost_reports.iter().any(|r| {
                     r.carried_by
@@ -561,7 +565,9 @@ impl Client {
     // ---- internals ----
 
     fn slot_index(&self, conn: ConnId) -> Option<usize> {
-        usize::try_from(conn.0).ok().filter(|&i| i < self.slots.len())
+        usize::try_from(conn.0)
+            .ok()
+            .filter(|&i| i < self.slots.len())
     }
 
     fn free_slot(&self) -> Option<usize> {
@@ -590,12 +596,17 @@ impl Client {
     }
 
     fn rid_on_slot(&self, slot: usize) -> Option<u64> {
-        self.in_flight.iter().find(|r| r.slot == slot).map(|r| r.rid)
+        self.in_flight
+            .iter()
+            .find(|r| r.slot == slot)
+            .map(|r| r.rid)
     }
 
     /// Exchange `rid` failed: its bundle is lost, and so may be the server's answer.
     fn request_lost(&mut self, now: Instant, rid: u64) {
-        let Some(req) = self.finish_exchange(rid) else { return };
+        let Some(req) = self.finish_exchange(rid) else {
+            return;
+        };
         self.stream.send.on_bundle_lost(req.rid);
         if req.carried_close {
             self.close_in_flight = false;
@@ -660,7 +671,12 @@ impl Client {
                 // Not our server's answer: a proxy's error page or refusal.
                 if matches!(response.status, 401 | 403 | 407) && !self.is_ended() {
                     self.finish_exchange(rid);
-                    self.end(now, Err(SessionError::Rejected { status: response.status }));
+                    self.end(
+                        now,
+                        Err(SessionError::Rejected {
+                            status: response.status,
+                        }),
+                    );
                     return;
                 }
                 return self.request_lost(now, rid);
@@ -674,7 +690,9 @@ impl Client {
             // The server could not read this request: send its contents again.
             return self.request_lost(now, rid);
         }
-        let Some(req) = self.finish_exchange(rid) else { return };
+        let Some(req) = self.finish_exchange(rid) else {
+            return;
+        };
         let header = *bundle.header();
         let controls = match self.stream.process(&bundle, now, None) {
             Ok(c) => c,
@@ -726,7 +744,9 @@ impl Client {
         }
         if let Some((code, reason)) = controls.abort {
             let error = if response.status != 200 && self.phase == Phase::Opening {
-                SessionError::Rejected { status: response.status }
+                SessionError::Rejected {
+                    status: response.status,
+                }
             } else {
                 SessionError::Aborted { code, reason }
             };
@@ -736,14 +756,22 @@ impl Client {
             return;
         }
         if self.phase == Phase::Opening && response.status != 200 {
-            self.end(now, Err(SessionError::Rejected { status: response.status }));
+            self.end(
+                now,
+                Err(SessionError::Rejected {
+                    status: response.status,
+                }),
+            );
             return;
         }
         if self.stream.is_done() && !self.is_ended() {
             self.close_attempts_left = self.config.close_attempts;
             self.end(now, Ok(()));
         } else if controls.close && !self.is_ended() {
-            self.end(now, Err(SessionError::Protocol("server closed the session early")));
+            self.end(
+                now,
+                Err(SessionError::Protocol("server closed the session early")),
+            );
         }
         if self.config.coalesce_delay > Duration::ZERO {
             self.coalesce_until = Some(now + self.config.coalesce_delay);

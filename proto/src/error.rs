@@ -42,7 +42,9 @@ impl fmt::Display for SessionError {
             SessionError::Rejected { status: 403 } => {
                 f.write_str("session rejected by server: 403 forbidden (wrong token?)")
             }
-            SessionError::Rejected { status } => write!(f, "session rejected by server: HTTP {status}"),
+            SessionError::Rejected { status } => {
+                write!(f, "session rejected by server: HTTP {status}")
+            }
             SessionError::Protocol(what) => write!(f, "protocol violation: {what}"),
         }
     }
@@ -59,7 +61,9 @@ impl From<SessionError> for std::io::Error {
             SessionError::Aborted { .. } => ErrorKind::ConnectionReset,
             SessionError::LocallyAborted => ErrorKind::ConnectionAborted,
             SessionError::TimedOut => ErrorKind::TimedOut,
-            SessionError::Rejected { status: 401 | 403 | 407 } => ErrorKind::PermissionDenied,
+            SessionError::Rejected {
+                status: 401 | 403 | 407,
+            } => ErrorKind::PermissionDenied,
             SessionError::Rejected { .. } => ErrorKind::ConnectionRefused,
             SessionError::Protocol(_) => ErrorKind::InvalidData,
         };

@@ -63,6 +63,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod options;
 pub mod server;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
@@ -74,6 +75,7 @@ pub mod wire;
 pub use client::{Client, ConnId, Endpoint, Transmit};
 pub use config::{ClientConfig, ServerConfig, SessionConfig};
 pub use error::{Event, ReadError, SessionError, WriteError};
+pub use options::{ClientOptions, OptionsError};
 pub use server::{Entropy, Refusal, Server, ServerEvent, ServerStats, ServerTransmit};
 pub use stream::Stats;
 pub use time::Instant;

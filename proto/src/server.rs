@@ -144,7 +144,11 @@ impl Session {
     fn note_rid(&mut self, rid: u64) -> bool {
         if rid > self.max_rid {
             let shift = rid - self.max_rid;
-            self.seen_rids = if shift >= 128 { 0 } else { self.seen_rids << shift };
+            self.seen_rids = if shift >= 128 {
+                0
+            } else {
+                self.seen_rids << shift
+            };
             self.seen_rids |= 1;
             self.max_rid = rid;
             return true;
@@ -158,7 +162,9 @@ impl Session {
     }
 
     fn should_answer(&self, now: Instant, max_wait: Duration) -> bool {
-        let Some(front) = self.held.front() else { return false };
+        let Some(front) = self.held.front() else {
+            return false;
+        };
         front.bare
             || self.outcome.is_some()
             || self.confirm_open
@@ -312,12 +318,19 @@ impl Server {
     /// Bytes arrived on `conn`.
     pub fn handle_bytes(&mut self, now: Instant, conn: ConnId, data: &[u8]) {
         let now = time::advance(&mut self.last_now, now);
-        let Some(c) = self.conns.get_mut(&conn.0) else { return };
+        let Some(c) = self.conns.get_mut(&conn.0) else {
+            return;
+        };
         if c.parser.buffered_len() == 0 && c.state == ConnState::Reading {
             c.since = now;
         }
         if let Err(e) = c.parser.push(data) {
-            self.refuse(conn, e.status(), "malformed or oversized HTTP request", true);
+            self.refuse(
+                conn,
+                e.status(),
+                "malformed or oversized HTTP request",
+                true,
+            );
             return;
         }
         self.parse(now, conn);
@@ -326,7 +339,9 @@ impl Server {
     /// `conn` closed or failed.
     pub fn handle_closed(&mut self, now: Instant, conn: ConnId) {
         let now = time::advance(&mut self.last_now, now);
-        let Some(c) = self.conns.remove(&conn.0) else { return };
+        let Some(c) = self.conns.remove(&conn.0) else {
+            return;
+        };
         if let ConnState::Held(id) = c.state {
             if let Some(s) = self.sessions.get_mut(&id) {
                 s.held.retain(|h| h.conn != conn);
@@ -339,7 +354,9 @@ impl Server {
 
     fn parse(&mut self, now: Instant, conn: ConnId) {
         loop {
-            let Some(c) = self.conns.get_mut(&conn.0) else { return };
+            let Some(c) = self.conns.get_mut(&conn.0) else {
+                return;
+            };
             if c.state != ConnState::Reading {
                 return;
             }
@@ -357,7 +374,12 @@ impl Server {
                     return;
                 }
                 Err(e) => {
-                    self.refuse(conn, e.status(), "malformed or oversized HTTP request", true);
+                    self.refuse(
+                        conn,
+                        e.status(),
+                        "malformed or oversized HTTP request",
+                        true,
+                    );
                     return;
                 }
             }
@@ -374,7 +396,11 @@ impl Server {
         };
         let rest = rest.trim_start_matches('/');
         if rest.is_empty() && matches!(request.method, Method::Get | Method::Head) {
-            let body: &[u8] = if request.method == Method::Get { b"holdwire\n" } else { b"" };
+            let body: &[u8] = if request.method == Method::Get {
+                b"holdwire\n"
+            } else {
+                b""
+            };
             self.respond_text(conn, 200, body, 9, false);
             return;
         }
@@ -470,7 +496,9 @@ impl Server {
             });
         }
         let max_hold = self.config.max_hold.max(1);
-        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
         let fresh = s.note_rid(header.rid);
         if !fresh {
             self.stats.duplicate_requests += 1;
@@ -485,7 +513,9 @@ impl Server {
                 return;
             }
         };
-        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
         if let Some(sent_at) = controls.newest_acked.filter(|_| fresh) {
             s.rtt.sample(now.saturating_duration_since(sent_at));
         }
@@ -521,11 +551,15 @@ impl Server {
             if let Some((code, reason)) = controls.abort {
                 self.end_session(id, Err(SessionError::Aborted { code, reason }), false);
             } else if controls.close {
-                let Some(s) = self.sessions.get(&id) else { return };
+                let Some(s) = self.sessions.get(&id) else {
+                    return;
+                };
                 let outcome = if s.stream.is_done() {
                     Ok(())
                 } else {
-                    Err(SessionError::Protocol("client closed before the streams ended"))
+                    Err(SessionError::Protocol(
+                        "client closed before the streams ended",
+                    ))
                 };
                 self.end_session(id, outcome, false);
             }
@@ -534,11 +568,15 @@ impl Server {
     }
 
     fn hold_request(&mut self, now: Instant, conn: ConnId, id: SessionId, rid: u64, bare: bool) {
-        let Some(c) = self.conns.get_mut(&conn.0) else { return };
+        let Some(c) = self.conns.get_mut(&conn.0) else {
+            return;
+        };
         c.state = ConnState::Held(id);
         let keep_alive = c.keep_alive;
         self.update_conn_timer(conn.0);
-        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
         let held = Held {
             conn,
             rid,
@@ -547,7 +585,11 @@ impl Server {
             bare,
         };
         // Oldest first: parallel connections deliver requests in any order.
-        let at = s.held.iter().position(|h| h.rid > rid).unwrap_or(s.held.len());
+        let at = s
+            .held
+            .iter()
+            .position(|h| h.rid > rid)
+            .unwrap_or(s.held.len());
         s.held.insert(at, held);
         self.touch(id);
     }
@@ -638,7 +680,9 @@ impl Server {
     /// Aborts session `id`: the client is told, and both ends report failure.
     pub fn abort(&mut self, now: Instant, id: SessionId, code: AbortCode, reason: &str) {
         time::advance(&mut self.last_now, now);
-        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
         if s.outcome.is_some() {
             return;
         }
@@ -697,7 +741,9 @@ impl Server {
         for (at, key) in due {
             match key {
                 TimerKey::Session(id) => {
-                    let Some(s) = self.sessions.get_mut(&id) else { continue };
+                    let Some(s) = self.sessions.get_mut(&id) else {
+                        continue;
+                    };
                     if s.timer != Some(at) {
                         continue;
                     }
@@ -713,7 +759,9 @@ impl Server {
                     self.touch(id);
                 }
                 TimerKey::Conn(cid) => {
-                    let Some(c) = self.conns.get_mut(&cid) else { continue };
+                    let Some(c) = self.conns.get_mut(&cid) else {
+                        continue;
+                    };
                     if c.timer != Some(at) {
                         continue;
                     }
@@ -748,7 +796,9 @@ impl Server {
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         while let Some(Reverse((at, key))) = self.timers.peek().copied() {
             let live = match key {
-                TimerKey::Session(id) => self.sessions.get(&id).is_some_and(|s| s.timer == Some(at)),
+                TimerKey::Session(id) => {
+                    self.sessions.get(&id).is_some_and(|s| s.timer == Some(at))
+                }
                 TimerKey::Conn(c) => self.conns.get(&c).is_some_and(|c| c.timer == Some(at)),
             };
             if live {
@@ -779,7 +829,9 @@ impl Server {
     }
 
     fn update_session_timer(&mut self, id: SessionId) {
-        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
         let deadline = s.deadline(&self.config);
         if deadline != s.timer {
             s.timer = deadline;
@@ -790,7 +842,9 @@ impl Server {
     }
 
     fn update_conn_timer(&mut self, cid: u64) {
-        let Some(c) = self.conns.get_mut(&cid) else { return };
+        let Some(c) = self.conns.get_mut(&cid) else {
+            return;
+        };
         let deadline = match c.state {
             ConnState::Reading if c.parser.buffered_len() > 0 => {
                 Some(c.since + self.config.request_timeout)
@@ -808,7 +862,9 @@ impl Server {
 
     /// Marks a session for attention by `poll_transmit` and refreshes its timer.
     fn touch(&mut self, id: SessionId) {
-        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
         if !s.dirty {
             s.dirty = true;
             self.dirty.push_back(id);
@@ -872,8 +928,14 @@ impl Server {
     fn answer(&mut self, now: Instant, id: SessionId, buf: &mut Vec<u8>) -> ServerTransmit {
         let max_wait_ms = u32::try_from(self.config.max_wait.as_millis()).unwrap_or(u32::MAX);
         let shutting_down = self.shutting_down;
-        let s = self.sessions.get_mut(&id).expect("caller checked the session exists");
-        let held = s.held.pop_front().expect("should_answer requires a held request");
+        let s = self
+            .sessions
+            .get_mut(&id)
+            .expect("caller checked the session exists");
+        let held = s
+            .held
+            .pop_front()
+            .expect("should_answer requires a held request");
         self.controls.clear();
         if s.confirm_open && !held.bare {
             self.controls.push(Control::Open {
@@ -894,7 +956,9 @@ impl Server {
             None => {}
         }
         let allow_data = !held.bare && s.outcome.is_none();
-        let planned = s.stream.plan(&self.config.session, &self.controls, allow_data);
+        let planned = s
+            .stream
+            .plan(&self.config.session, &self.controls, allow_data);
         let close_after = !held.keep_alive || shutting_down && s.outcome.is_some();
         let start = buf.len();
         http::encode_response_head(buf, 200, planned.len, close_after, false);
@@ -908,7 +972,8 @@ impl Server {
             hold: s.hold,
             held_us: u32::try_from(held_us).unwrap_or(u32::MAX),
         };
-        s.stream.write(planned, buf, header, &self.controls, held.rid, now);
+        s.stream
+            .write(planned, buf, header, &self.controls, held.rid, now);
         s.stream.stats.exchanges += 1;
         s.ack_urgent = false;
         self.update_session_timer(id);
@@ -926,7 +991,9 @@ impl Server {
             self.conns.remove(&conn.0);
             return;
         }
-        let Some(c) = self.conns.get_mut(&conn.0) else { return };
+        let Some(c) = self.conns.get_mut(&conn.0) else {
+            return;
+        };
         c.state = ConnState::Reading;
         c.since = self.last_now;
         self.update_conn_timer(conn.0);
@@ -934,12 +1001,17 @@ impl Server {
     }
 
     fn end_session(&mut self, id: SessionId, outcome: Result<(), SessionError>, protocol: bool) {
-        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
         if s.outcome.is_some() {
             return;
         }
         if protocol {
-            s.abort_to_send = Some((AbortCode::PROTOCOL_VIOLATION, String::from("protocol violation")));
+            s.abort_to_send = Some((
+                AbortCode::PROTOCOL_VIOLATION,
+                String::from("protocol violation"),
+            ));
         }
         let event = match &outcome {
             Ok(()) => Event::Closed,
@@ -956,7 +1028,9 @@ impl Server {
 
     /// Removes an ended session once its held requests are answered and its data read.
     fn maybe_remove(&mut self, id: SessionId) {
-        let Some(s) = self.sessions.get(&id) else { return };
+        let Some(s) = self.sessions.get(&id) else {
+            return;
+        };
         let Some(outcome) = &s.outcome else { return };
         let unread = outcome.is_ok() && s.stream.recv.buffered() > 0;
         if !s.held.is_empty() || s.dirty || unread {
@@ -999,7 +1073,9 @@ impl Server {
     }
 
     fn respond_text(&mut self, conn: ConnId, status: u16, body: &[u8], len: usize, close: bool) {
-        let Some(c) = self.conns.get_mut(&conn.0) else { return };
+        let Some(c) = self.conns.get_mut(&conn.0) else {
+            return;
+        };
         let close = close || !c.keep_alive;
         c.state = ConnState::Answering;
         let mut out = Vec::with_capacity(128 + body.len());
@@ -1017,7 +1093,9 @@ impl Server {
         rid: u64,
         frames: impl FnOnce(&mut BundleEncoder<'_>),
     ) {
-        let Some(c) = self.conns.get_mut(&conn.0) else { return };
+        let Some(c) = self.conns.get_mut(&conn.0) else {
+            return;
+        };
         let close = !c.keep_alive || status == 400;
         c.state = ConnState::Answering;
         let mut body = Vec::with_capacity(128);

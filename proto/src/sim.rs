@@ -302,14 +302,21 @@ pub struct Sim {
 
 /// The first line of an HTTP message, for traces.
 fn first_line(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&b| b == b'\r').unwrap_or(bytes.len().min(60));
+    let end = bytes
+        .iter()
+        .position(|&b| b == b'\r')
+        .unwrap_or(bytes.len().min(60));
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
 impl Sim {
     fn log(&mut self, what: impl FnOnce() -> String) {
         if self.config.trace {
-            let line = format!("{:>10.3}ms {}", self.now.as_micros() as f64 / 1000.0, what());
+            let line = format!(
+                "{:>10.3}ms {}",
+                self.now.as_micros() as f64 / 1000.0,
+                what()
+            );
             self.trace.push(line);
         }
     }
@@ -408,18 +415,18 @@ impl Sim {
 
     /// Every session ended on both sides.
     pub fn all_ended(&self) -> bool {
-        self.clients
-            .iter()
-            .all(|c| {
-                let server_done = c.server_app.end.is_some()
-                    || self.server.buffered(c.core.session_id()).is_none();
-                let read_out = |a: &AppSide| a.eof || a.read_error.is_some() || a.end.as_ref().is_some_and(|e| e.is_err());
-                c.app.end.is_some()
-                    && server_done
-                    && c.core.is_drained()
-                    && read_out(&c.app)
-                    && (read_out(&c.server_app) || c.server_app.end.is_none())
-            })
+        self.clients.iter().all(|c| {
+            let server_done =
+                c.server_app.end.is_some() || self.server.buffered(c.core.session_id()).is_none();
+            let read_out = |a: &AppSide| {
+                a.eof || a.read_error.is_some() || a.end.as_ref().is_some_and(|e| e.is_err())
+            };
+            c.app.end.is_some()
+                && server_done
+                && c.core.is_drained()
+                && read_out(&c.app)
+                && (read_out(&c.server_app) || c.server_app.end.is_none())
+        })
     }
 
     fn next_instant(&mut self) -> Option<Instant> {
@@ -452,7 +459,11 @@ impl Sim {
             self.settle();
         }
         for i in 0..self.clients.len() {
-            if self.clients[i].core.poll_timeout().is_some_and(|t| t <= now) {
+            if self.clients[i]
+                .core
+                .poll_timeout()
+                .is_some_and(|t| t <= now)
+            {
                 self.clients[i].core.handle_timeout(now);
             }
         }
@@ -492,7 +503,11 @@ impl Sim {
         };
         let mut depart = self.now;
         if self.config.rate > 0 {
-            let busy = if upstream { &mut self.up_busy_until } else { &mut self.down_busy_until };
+            let busy = if upstream {
+                &mut self.up_busy_until
+            } else {
+                &mut self.down_busy_until
+            };
             let start = (*busy).max(self.now);
             let micros = (len as u64).saturating_mul(1_000_000) / self.config.rate;
             *busy = start + Duration::from_micros(micros);
@@ -523,7 +538,9 @@ impl Sim {
         let now = self.now;
         loop {
             self.buf.clear();
-            let Some(t) = self.clients[i].core.poll_transmit(now, &mut self.buf) else { break };
+            let Some(t) = self.clients[i].core.poll_transmit(now, &mut self.buf) else {
+                break;
+            };
             moved = true;
             let bytes = self.buf[..t.len].to_vec();
             let link = match (t.open, self.clients[i].slot_links.get(&t.conn.0).copied()) {
@@ -548,7 +565,12 @@ impl Sim {
                     link
                 }
             };
-            self.log(|| format!("client {i} slot {} link {link} open={} sends {} bytes", t.conn.0, t.open, t.len));
+            self.log(|| {
+                format!(
+                    "client {i} slot {} link {link} open={} sends {} bytes",
+                    t.conn.0, t.open, t.len
+                )
+            });
             self.send_request(link, bytes);
         }
         while let Some(conn) = self.clients[i].core.poll_close() {
@@ -610,7 +632,13 @@ impl Sim {
                     hung: false,
                 },
             );
-            self.schedule(at, Delivery::ToServer { link: dup, bytes: bytes.clone() });
+            self.schedule(
+                at,
+                Delivery::ToServer {
+                    link: dup,
+                    bytes: bytes.clone(),
+                },
+            );
         }
         if self.rng.chance(f.corrupt_request) {
             flip_body_byte(&mut self.rng, &mut bytes);
@@ -636,10 +664,14 @@ impl Sim {
         let now = self.now;
         loop {
             self.buf.clear();
-            let Some(t) = self.server.poll_transmit(now, &mut self.buf) else { break };
+            let Some(t) = self.server.poll_transmit(now, &mut self.buf) else {
+                break;
+            };
             moved = true;
             let bytes = self.buf[..t.len].to_vec();
-            let Some(&link) = self.conn_links.get(&t.conn) else { continue };
+            let Some(&link) = self.conn_links.get(&t.conn) else {
+                continue;
+            };
             self.send_response(link, bytes, t.close_after);
         }
         while let Some(conn) = self.server.poll_close() {
@@ -655,7 +687,9 @@ impl Sim {
         while let Some(ev) = self.server.poll_event() {
             moved = true;
             self.log(|| format!("server event {:?}", ev.event));
-            let Some(&i) = self.sessions.get(&ev.session) else { continue };
+            let Some(&i) = self.sessions.get(&ev.session) else {
+                continue;
+            };
             let app = &mut self.clients[i].server_app;
             if app.end.is_some() {
                 app.events_after_end += 1;
@@ -677,7 +711,9 @@ impl Sim {
 
     fn send_response(&mut self, link: u64, mut bytes: Vec<u8>, close_after: bool) {
         self.messages.1 += 1;
-        let Some(l) = self.links.get(&link) else { return };
+        let Some(l) = self.links.get(&link) else {
+            return;
+        };
         if l.phantom || l.hung || self.partitioned() {
             return;
         }
@@ -744,24 +780,36 @@ impl Sim {
         let now = self.now;
         self.log(|| match &d {
             Delivery::ToServer { link, bytes } => {
-                format!("link {link} -> server: {} ({} bytes)", first_line(bytes), bytes.len())
+                format!(
+                    "link {link} -> server: {} ({} bytes)",
+                    first_line(bytes),
+                    bytes.len()
+                )
             }
             Delivery::ToClient { link, bytes } => {
-                format!("link {link} -> client: {} ({} bytes)", first_line(bytes), bytes.len())
+                format!(
+                    "link {link} -> client: {} ({} bytes)",
+                    first_line(bytes),
+                    bytes.len()
+                )
             }
             Delivery::ClientClosed { link } => format!("link {link} closed by client side"),
             Delivery::ServerClosed { link } => format!("link {link} closed by server side"),
         });
         match d {
             Delivery::ToServer { link, bytes } => {
-                let Some(l) = self.links.get_mut(&link) else { return };
+                let Some(l) = self.links.get_mut(&link) else {
+                    return;
+                };
                 if l.hung {
                     return;
                 }
                 let conn = match l.server_conn {
                     Some(c) => c,
                     None => {
-                        let Some(c) = self.server.handle_accept(now) else { return };
+                        let Some(c) = self.server.handle_accept(now) else {
+                            return;
+                        };
                         l.server_conn = Some(c);
                         self.conn_links.insert(c, link);
                         c
@@ -777,7 +825,11 @@ impl Sim {
                         self.conn_links.remove(&conn);
                         self.server.handle_closed(now, conn);
                     }
-                    if self.clients.get(client).and_then(|c| c.slot_links.get(&slot)) == Some(&link)
+                    if self
+                        .clients
+                        .get(client)
+                        .and_then(|c| c.slot_links.get(&slot))
+                        == Some(&link)
                     {
                         self.clients[client].slot_links.remove(&slot);
                         self.clients[client].core.handle_closed(now, ConnId(slot));
@@ -785,21 +837,39 @@ impl Sim {
                 }
             }
             Delivery::ToClient { link, bytes } => {
-                let Some(l) = self.links.get(&link) else { return };
+                let Some(l) = self.links.get(&link) else {
+                    return;
+                };
                 let (client, slot) = (l.client, l.slot);
-                if self.clients.get(client).and_then(|c| c.slot_links.get(&slot)) == Some(&link) {
-                    self.clients[client].core.handle_bytes(now, ConnId(slot), &bytes);
+                if self
+                    .clients
+                    .get(client)
+                    .and_then(|c| c.slot_links.get(&slot))
+                    == Some(&link)
+                {
+                    self.clients[client]
+                        .core
+                        .handle_bytes(now, ConnId(slot), &bytes);
                 }
             }
             Delivery::ServerClosed { link } => {
-                let Some(l) = self.links.remove(&link) else { return };
+                let Some(l) = self.links.remove(&link) else {
+                    return;
+                };
                 if let Some(conn) = l.server_conn {
                     self.conn_links.remove(&conn);
                     self.server.handle_closed(now, conn);
                 }
-                if self.clients.get(l.client).and_then(|c| c.slot_links.get(&l.slot)) == Some(&link) {
+                if self
+                    .clients
+                    .get(l.client)
+                    .and_then(|c| c.slot_links.get(&l.slot))
+                    == Some(&link)
+                {
                     self.clients[l.client].slot_links.remove(&l.slot);
-                    self.clients[l.client].core.handle_closed(now, ConnId(l.slot));
+                    self.clients[l.client]
+                        .core
+                        .handle_closed(now, ConnId(l.slot));
                 }
             }
         }
@@ -814,7 +884,8 @@ impl Sim {
             while c.app.sent < w.client_sends.len() && !c.core.is_ended() {
                 if let Some(limit) = w.client_abort_after {
                     if c.app.sent >= limit {
-                        c.core.abort(self.now, crate::wire::AbortCode::APPLICATION, "test abort");
+                        c.core
+                            .abort(self.now, crate::wire::AbortCode::APPLICATION, "test abort");
                         moved = true;
                         break;
                     }
@@ -858,7 +929,10 @@ impl Sim {
                 let end = (c.server_app.sent + w.write_chunk).min(w.server_sends.len());
                 let idle = self.server.buffered(id).is_some_and(|b| b.0 == 0);
                 let held = self.server.held_requests(id);
-                match self.server.write(id, &w.server_sends[c.server_app.sent..end]) {
+                match self
+                    .server
+                    .write(id, &w.server_sends[c.server_app.sent..end])
+                {
                     Ok(n) => {
                         if idle && held == 0 && n > 0 {
                             self.writes_without_held_request += 1;
@@ -869,14 +943,17 @@ impl Sim {
                     Err(_) => break,
                 }
             }
-            if alive && w.finish && !c.server_finished && c.server_app.sent == w.server_sends.len() {
+            if alive && w.finish && !c.server_finished && c.server_app.sent == w.server_sends.len()
+            {
                 self.server.finish(id);
                 c.server_finished = true;
                 c.server_app.finished = true;
                 moved = true;
             }
             let server = &mut self.server;
-            moved |= c.server_app.read_with(w, self.now, |buf| server.read(id, buf));
+            moved |= c
+                .server_app
+                .read_with(w, self.now, |buf| server.read(id, buf));
             if let Some(b) = self.server.buffered(id) {
                 self.max_server_buffered.0 = self.max_server_buffered.0.max(b.0);
                 self.max_server_buffered.1 = self.max_server_buffered.1.max(b.1);
@@ -908,7 +985,10 @@ fn flip_body_byte(rng: &mut SimRng, bytes: &mut [u8]) {
 fn announce_close(bytes: &[u8]) -> Vec<u8> {
     let needle = b"Connection: keep-alive";
     let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
-    match bytes[..head_end].windows(needle.len()).position(|w| w == needle) {
+    match bytes[..head_end]
+        .windows(needle.len())
+        .position(|w| w == needle)
+    {
         Some(at) => {
             let mut out = Vec::with_capacity(bytes.len());
             out.extend_from_slice(&bytes[..at]);

@@ -52,10 +52,18 @@ pub struct Stats {
 /// A control frame to put into the next bundle.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Control {
-    Open { nonce: [u8; NONCE_LEN], max_wait_ms: u32 },
+    Open {
+        nonce: [u8; NONCE_LEN],
+        max_wait_ms: u32,
+    },
     Close,
-    Abort { code: AbortCode, reason: String },
-    Unreadable { rid: u64 },
+    Abort {
+        code: AbortCode,
+        reason: String,
+    },
+    Unreadable {
+        rid: u64,
+    },
 }
 
 impl Control {
@@ -394,7 +402,9 @@ impl SendQueue {
         };
         while self.base < ack {
             // The loop runs at most entries.len() times: ack <= next_seq.
-            let Some(entry) = self.entries.pop_front() else { break };
+            let Some(entry) = self.entries.pop_front() else {
+                break;
+            };
             self.base += 1;
             self.entries_bytes -= entry.data.len();
             if !entry.acked {
@@ -599,7 +609,9 @@ impl RecvQueue {
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> usize {
         let mut n = 0;
         while n < buf.len() {
-            let Some(front) = self.ready.front_mut() else { break };
+            let Some(front) = self.ready.front_mut() else {
+                break;
+            };
             let take = front.len().min(buf.len() - n);
             buf[n..n + take].copy_from_slice(&front[..take]);
             front.advance(take);
@@ -634,7 +646,10 @@ impl RecvQueue {
                     if out.len() == max {
                         break;
                     }
-                    out.push(SackRange { start: seq, end: seq + 1 });
+                    out.push(SackRange {
+                        start: seq,
+                        end: seq + 1,
+                    });
                 }
             }
         }

@@ -89,8 +89,14 @@ mod tests {
     fn arithmetic_saturates() {
         let t = Instant::from_micros(5);
         assert_eq!((t - Duration::from_secs(1)).as_micros(), 0);
-        assert_eq!((Instant::from_micros(u64::MAX) + Duration::from_secs(1)).as_micros(), u64::MAX);
-        assert_eq!(t.saturating_duration_since(Instant::from_micros(9)), Duration::ZERO);
+        assert_eq!(
+            (Instant::from_micros(u64::MAX) + Duration::from_secs(1)).as_micros(),
+            u64::MAX
+        );
+        assert_eq!(
+            t.saturating_duration_since(Instant::from_micros(9)),
+            Duration::ZERO
+        );
         let mut last = Instant::from_micros(10);
         assert_eq!(advance(&mut last, Instant::from_micros(3)).as_micros(), 10);
         assert_eq!(advance(&mut last, Instant::from_micros(30)).as_micros(), 30);

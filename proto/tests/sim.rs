@@ -40,9 +40,16 @@ fn assert_clean_transfer(sim: &mut Sim) {
             .unwrap_or_else(|e| panic!("client {i}: {e}"));
         check_stream("client received", &w.server_sends, &c.app.received)
             .unwrap_or_else(|e| panic!("client {i}: {e}"));
-        assert!(c.app.eof && c.server_app.eof, "client {i}: both ends read EOF");
+        assert!(
+            c.app.eof && c.server_app.eof,
+            "client {i}: both ends read EOF"
+        );
         assert_eq!(c.app.end, Some(Ok(())), "client {i}: client closed cleanly");
-        assert_eq!(c.server_app.end, Some(Ok(())), "client {i}: server closed cleanly");
+        assert_eq!(
+            c.server_app.end,
+            Some(Ok(())),
+            "client {i}: server closed cleanly"
+        );
         assert_eq!(c.app.events_after_end, 0);
         assert_eq!(c.server_app.events_after_end, 0);
     }
@@ -85,7 +92,11 @@ fn lossless_interactive_traffic_always_finds_a_held_request() {
     );
     assert_clean_transfer(&mut sim);
     // The first write may come before the client parked anything; none after it may.
-    assert!(sim.writes_without_held_request <= 1, "{}", sim.writes_without_held_request);
+    assert!(
+        sim.writes_without_held_request <= 1,
+        "{}",
+        sim.writes_without_held_request
+    );
     assert_eq!(sim.clients[0].core.stats().messages_resent, 0);
 }
 

@@ -1,0 +1,145 @@
+//! Connection options shared by every driver: where the server is, which proxy to use, the
+//! direct-TCP-first fallback, and the protocol knobs. Pure: the caller passes in what it read
+//! from the environment.
+
+use alloc::string::String;
+use core::fmt;
+use core::time::Duration;
+
+use crate::config::ClientConfig;
+use crate::url::{self, Url, UrlError};
+
+/// How a client reaches its server.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// The server endpoint, `http://host:port/path` or `https://...`.
+    pub server: Url,
+    /// The forward proxy, if any.
+    pub proxy: Option<Url>,
+    /// A raw TCP address (`host:port`) tried first, within `direct_timeout`; on failure the
+    /// client falls back to HTTP.
+    pub direct: Option<String>,
+    /// How long the direct TCP attempt may take.
+    pub direct_timeout: Duration,
+    /// How long one HTTP connection attempt (to the server or proxy) may take.
+    pub connect_timeout: Duration,
+    /// Ask for a fresh connection per request (`Connection: close`), for HTTP/1.0 proxies.
+    pub close_each_request: bool,
+    /// Protocol knobs.
+    pub protocol: ClientConfig,
+}
+
+/// A bad option value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OptionsError {
+    /// The server URL is invalid.
+    ServerUrl(UrlError),
+    /// The proxy URL is invalid.
+    ProxyUrl(UrlError),
+}
+
+impl fmt::Display for OptionsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OptionsError::ServerUrl(e) => write!(f, "invalid server URL: {e}"),
+            OptionsError::ProxyUrl(e) => write!(f, "invalid proxy URL: {e}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for OptionsError {}
+
+impl ClientOptions {
+    /// Options for `server` with no proxy, no direct address and default knobs.
+    pub fn new(server: &str) -> Result<Self, OptionsError> {
+        Ok(ClientOptions {
+            server: Url::parse(server).map_err(OptionsError::ServerUrl)?,
+            proxy: None,
+            direct: None,
+            direct_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(10),
+            close_each_request: false,
+            protocol: ClientConfig::default(),
+        })
+    }
+
+    /// Uses `proxy` (`http://[user:pass@]host:port`).
+    pub fn proxy(mut self, proxy: &str) -> Result<Self, OptionsError> {
+        self.proxy = Some(Url::parse(proxy).map_err(OptionsError::ProxyUrl)?);
+        Ok(self)
+    }
+
+    /// Chooses the proxy as curl does from the environment: `http_proxy`/`HTTP_PROXY` for
+    /// http servers, `https_proxy`/`HTTPS_PROXY` for https servers, and `no_proxy`/`NO_PROXY`.
+    /// `get` reads one variable (e.g. `|k| std::env::var(k).ok()`); lowercase wins.
+    pub fn proxy_from_env(
+        mut self,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, OptionsError> {
+        let var =
+            |lower: &str, upper: &str| get(lower).filter(|v| !v.is_empty()).or_else(|| get(upper));
+        let http = var("http_proxy", "HTTP_PROXY");
+        let https = var("https_proxy", "HTTPS_PROXY");
+        let no = var("no_proxy", "NO_PROXY");
+        self.proxy = url::proxy_for(
+            &self.server,
+            http.as_deref(),
+            https.as_deref(),
+            no.as_deref(),
+        )
+        .map_err(OptionsError::ProxyUrl)?;
+        Ok(self)
+    }
+
+    /// Tries raw TCP to `addr` first.
+    pub fn direct(mut self, addr: &str) -> Self {
+        self.direct = Some(String::from(addr));
+        self
+    }
+
+    /// The address (`host:port`) the driver opens HTTP connections to: the proxy's if there
+    /// is one, else the server's.
+    pub fn http_connect_authority(&self) -> String {
+        self.proxy.as_ref().unwrap_or(&self.server).authority()
+    }
+
+    /// Whether HTTP connections go through a proxy's CONNECT tunnel (https through a proxy).
+    pub fn uses_connect_tunnel(&self) -> bool {
+        self.proxy.is_some() && self.server.scheme == url::Scheme::Https
+    }
+
+    /// The request-addressing part for a session, for [`crate::Client::new`].
+    pub fn endpoint(&self, session: crate::SessionId) -> crate::Endpoint {
+        let mut endpoint = crate::Endpoint::new(&self.server, session, self.proxy.as_ref());
+        endpoint.close_each = self.close_each_request;
+        endpoint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_from_env_follows_curl() {
+        let env = |k: &str| match k {
+            "http_proxy" => Some(String::from("http://u:p@proxy.example:3128")),
+            "NO_PROXY" => Some(String::from("localhost,.internal")),
+            _ => None,
+        };
+        let o = ClientOptions::new("http://server.example:8080/t")
+            .unwrap()
+            .proxy_from_env(env)
+            .unwrap();
+        assert_eq!(o.proxy.as_ref().unwrap().authority(), "proxy.example:3128");
+        assert_eq!(o.http_connect_authority(), "proxy.example:3128");
+        let o = ClientOptions::new("http://db.internal/t")
+            .unwrap()
+            .proxy_from_env(env)
+            .unwrap();
+        assert!(o.proxy.is_none());
+        assert_eq!(o.http_connect_authority(), "db.internal:80");
+        assert!(ClientOptions::new("ftp://x").is_err());
+    }
+}
