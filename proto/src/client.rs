@@ -451,13 +451,11 @@ impl Client {
         let ended = self.is_ended();
         let controls_only = match &self.phase {
             Phase::Ended(_) => {
-                if self.abort_to_send.is_some() {
-                    true
-                } else if self.close_attempts_left > 0 && !self.close_in_flight {
-                    true
-                } else {
+                let close_due = self.close_attempts_left > 0 && !self.close_in_flight;
+                if self.abort_to_send.is_none() && !close_due {
                     return None;
                 }
+                true
             }
             Phase::Opening if in_flight > 0 => return None,
             Phase::Opening => false,
@@ -469,17 +467,13 @@ impl Client {
                     r.carried_by
                         .is_none_or(|rid| !self.in_flight.iter().any(|f| f.rid == rid))
                 });
-                if in_flight < park_target {
-                    false
-                } else if !coalescing
-                    && (self.stream.send.has_sendable()
-                        || has_reports
-                        || self.stream.recv.window_opened())
-                {
-                    false
-                } else {
+                let has_news = self.stream.send.has_sendable()
+                    || has_reports
+                    || self.stream.recv.window_opened();
+                if in_flight >= park_target && (coalescing || !has_news) {
                     return None;
                 }
+                false
             }
         };
         let rid = self.next_rid;

@@ -50,8 +50,7 @@ impl fmt::Display for SessionError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for SessionError {}
+impl core::error::Error for SessionError {}
 
 #[cfg(feature = "std")]
 impl From<SessionError> for std::io::Error {
@@ -125,10 +124,8 @@ impl fmt::Display for WriteError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for ReadError {}
-#[cfg(feature = "std")]
-impl std::error::Error for WriteError {}
+impl core::error::Error for ReadError {}
+impl core::error::Error for WriteError {}
 
 #[cfg(feature = "std")]
 impl From<ReadError> for std::io::Error {

@@ -47,8 +47,7 @@ impl fmt::Display for OptionsError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for OptionsError {}
+impl core::error::Error for OptionsError {}
 
 impl ClientOptions {
     /// Options for `server` with no proxy, no direct address and default knobs.

@@ -502,14 +502,16 @@ impl Sim {
             Duration::ZERO
         };
         let mut depart = self.now;
-        if self.config.rate > 0 {
+        let serialisation = (len as u64)
+            .saturating_mul(1_000_000)
+            .checked_div(self.config.rate);
+        if let Some(micros) = serialisation {
             let busy = if upstream {
                 &mut self.up_busy_until
             } else {
                 &mut self.down_busy_until
             };
             let start = (*busy).max(self.now);
-            let micros = (len as u64).saturating_mul(1_000_000) / self.config.rate;
             *busy = start + Duration::from_micros(micros);
             depart = *busy;
         }

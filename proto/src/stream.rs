@@ -227,13 +227,6 @@ impl SendQueue {
         self.fin_requested
     }
 
-    /// Everything, including the FIN if requested, was acknowledged.
-    pub(crate) fn is_fully_acked(&self) -> bool {
-        self.pending.is_empty()
-            && self.entries.is_empty()
-            && (!self.fin_requested || self.fin_seq.is_some())
-    }
-
     /// The FIN was sent and acknowledged.
     pub(crate) fn is_fin_acked(&self) -> bool {
         matches!(self.fin_seq, Some(s) if s < self.base)
@@ -530,10 +523,6 @@ impl RecvQueue {
         matches!(self.fin_seq, Some(s) if s < self.next)
     }
 
-    pub(crate) fn has_readable(&self) -> bool {
-        self.ready_len > 0 || self.is_finished()
-    }
-
     pub(crate) fn buffered(&self) -> usize {
         self.ready_len + self.out_of_order_cost
     }
@@ -760,15 +749,17 @@ impl Stream {
         tail_rto: Option<Duration>,
     ) -> Result<ReceivedControls, &'static str> {
         let header = bundle.header();
-        let mut controls = ReceivedControls::default();
-        controls.newest_acked = self.send.on_ack(
-            now,
-            header.ack,
-            bundle.sacks(),
-            header.window,
-            self.reorder_window,
-            tail_rto,
-        )?;
+        let mut controls = ReceivedControls {
+            newest_acked: self.send.on_ack(
+                now,
+                header.ack,
+                bundle.sacks(),
+                header.window,
+                self.reorder_window,
+                tail_rto,
+            )?,
+            ..ReceivedControls::default()
+        };
         for frame in bundle.frames() {
             match frame {
                 Frame::Message { seq, payload } => {

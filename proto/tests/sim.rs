@@ -249,8 +249,16 @@ fn fault_strategy() -> impl Strategy<Value = Faults> {
         })
 }
 
+/// Cases per property: `PROPTEST_CASES` (CI raises it), else a quick local default.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     /// Under any fair schedule (faults below 100 %), both streams arrive exactly once, in order,
     /// and both ends close cleanly; buffers stay within their caps.

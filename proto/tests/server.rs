@@ -1,0 +1,287 @@
+//! The server endpoint against hostile and broken input, driven by hand.
+
+use std::time::Duration;
+
+use holdwire_proto::http::{HttpLimits, ResponseParser};
+use holdwire_proto::sim::SimRng;
+use holdwire_proto::url::Url;
+use holdwire_proto::wire::{self, Frame};
+use holdwire_proto::{
+    AbortCode, Client, ClientConfig, ConnId, Endpoint, Event, Instant, Server, ServerConfig,
+    SessionId,
+};
+
+fn at(ms: u64) -> Instant {
+    Instant::from_micros(ms * 1000)
+}
+
+fn server(config: ServerConfig) -> Server {
+    Server::new(config, Box::new(SimRng::new(7)))
+}
+
+fn client(id: u8) -> Client {
+    let url = Url::parse("http://127.0.0.1:8080/").unwrap();
+    let sid = SessionId([id; 16]);
+    Client::new(
+        ClientConfig::default(),
+        Endpoint::new(&url, sid, None),
+        sid,
+        [id; 16],
+        at(0),
+    )
+}
+
+/// Every response the server writes now: (connection, status, body, close_after).
+fn responses(s: &mut Server, now: Instant) -> Vec<(ConnId, u16, Vec<u8>, bool)> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    while let Some(t) = s.poll_transmit(now, &mut buf) {
+        let mut p = ResponseParser::new(HttpLimits::default());
+        p.push(&buf[..t.len]).unwrap();
+        if let Some(r) = p.poll().unwrap() {
+            out.push((t.conn, r.status, r.body.to_vec(), t.close_after));
+        }
+        buf.clear();
+    }
+    out
+}
+
+fn next_request(c: &mut Client, now: Instant) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let t = c
+        .poll_transmit(now, &mut buf)
+        .expect("the client has a request to send");
+    buf.truncate(t.len);
+    buf
+}
+
+fn send(s: &mut Server, now: Instant, bytes: &[u8]) -> ConnId {
+    let conn = s.handle_accept(now).unwrap();
+    s.handle_bytes(now, conn, bytes);
+    conn
+}
+
+fn abort_code(body: &[u8]) -> Option<AbortCode> {
+    let b = wire::decode(bytes::Bytes::copy_from_slice(body), &Default::default()).ok()?;
+    b.frames().find_map(|f| match f {
+        Frame::Abort { code, .. } => Some(code),
+        _ => None,
+    })
+}
+
+#[test]
+fn garbage_gets_400_and_closes_without_harming_a_session() {
+    let mut s = server(ServerConfig::default());
+    let mut c = client(1);
+    let open = next_request(&mut c, at(0));
+    send(&mut s, at(0), &open);
+    assert_eq!(
+        responses(&mut s, at(0)).len(),
+        1,
+        "the open is confirmed at once"
+    );
+    let bad = send(&mut s, at(1), b"\x16\x03\x01 not http at all\r\n\r\n");
+    let r = responses(&mut s, at(1));
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].0, r[0].1, r[0].3), (bad, 400, true));
+    assert_eq!(s.session_count(), 1);
+    assert!(s.poll_refusal().is_some());
+}
+
+#[test]
+fn oversized_head_and_body_are_refused_early() {
+    let mut s = server(ServerConfig::default());
+    let mut head = b"POST /0000 HTTP/1.1\r\nHost: x\r\n".to_vec();
+    head.extend(std::iter::repeat_n(b'a', 20_000));
+    let conn = send(&mut s, at(0), &head);
+    let r = responses(&mut s, at(0));
+    assert_eq!((r[0].0, r[0].1), (conn, 431));
+
+    let conn = send(
+        &mut s,
+        at(0),
+        b"POST /00000000000000000000000000000000 HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n",
+    );
+    let r = responses(&mut s, at(0));
+    assert_eq!((r[0].0, r[0].1), (conn, 413));
+    let conn = send(
+        &mut s,
+        at(0),
+        b"POST /00000000000000000000000000000000 HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+    );
+    assert_eq!(responses(&mut s, at(0))[0].0, conn);
+}
+
+#[test]
+fn unknown_session_gets_404_with_abort() {
+    let mut s = server(ServerConfig::default());
+    let mut c = client(3);
+    let conn = send(&mut s, at(0), &next_request(&mut c, at(0)));
+    assert_eq!(responses(&mut s, at(0))[0].1, 200);
+    // On the same keep-alive connection, a request without OPEN for a session never seen.
+    let sid = SessionId([9; 16]);
+    let mut body = Vec::new();
+    let header = wire::Header {
+        session: sid,
+        rid: 5,
+        ..Default::default()
+    };
+    wire::BundleEncoder::new(&mut body, &header, &[], 0).finish_untagged();
+    let mut req = format!(
+        "POST /{sid} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    s.handle_bytes(at(1), conn, &req);
+    let r = responses(&mut s, at(1));
+    assert_eq!(r[0].1, 404);
+    assert_eq!(abort_code(&r[0].2), Some(AbortCode::UNKNOWN_SESSION));
+}
+
+#[test]
+fn session_cap_refuses_with_503() {
+    let mut s = server(ServerConfig {
+        max_sessions: 2,
+        ..ServerConfig::default()
+    });
+    for id in 1..=2 {
+        let mut c = client(id);
+        send(&mut s, at(0), &next_request(&mut c, at(0)));
+        assert_eq!(responses(&mut s, at(0))[0].1, 200);
+    }
+    let mut c = client(3);
+    send(&mut s, at(0), &next_request(&mut c, at(0)));
+    let r = responses(&mut s, at(0));
+    assert_eq!(r[0].1, 503);
+    assert_eq!(abort_code(&r[0].2), Some(AbortCode::SESSION_LIMIT));
+    // The client reports the refusal as such.
+    c.handle_bytes(at(1), ConnId(0), &http_bytes(503, &r[0].2));
+    let mut failed = None;
+    while let Some(e) = c.poll_event() {
+        if let Event::Failed(e) = e {
+            failed = Some(e);
+        }
+    }
+    assert_eq!(
+        failed,
+        Some(holdwire_proto::SessionError::Rejected { status: 503 })
+    );
+}
+
+fn http_bytes(status: u16, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    holdwire_proto::http::encode_response_head(&mut out, status, body.len(), false, false);
+    out.extend_from_slice(body);
+    out
+}
+
+#[test]
+fn replayed_request_delivers_nothing_twice_and_gets_no_data() {
+    let mut s = server(ServerConfig::default());
+    let mut c = client(4);
+    c.write(b"hello").unwrap();
+    let open = next_request(&mut c, at(0));
+    let conn = send(&mut s, at(0), &open);
+    let first = responses(&mut s, at(0));
+    assert_eq!(first.len(), 1);
+    let sid = c.session_id();
+    let mut buf = [0u8; 64];
+    assert_eq!(s.read(sid, &mut buf).unwrap(), 5);
+    // The server now has data for the client; a replay of the first request arrives.
+    s.write(sid, b"secret").unwrap();
+    let replay = send(&mut s, at(2), &open);
+    let r = responses(&mut s, at(2));
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].0, replay);
+    let bundle = wire::decode(bytes::Bytes::from(r[0].2.clone()), &Default::default()).unwrap();
+    assert!(
+        !bundle.frames().any(|f| matches!(f, Frame::Message { .. })),
+        "a replayed request must not carry data away"
+    );
+    assert!(s.read(sid, &mut buf).is_err(), "nothing delivered twice");
+    assert_eq!(s.stats().duplicate_requests, 1);
+    let _ = conn;
+}
+
+#[test]
+fn bundle_of_one_session_sent_to_another_is_refused() {
+    let mut s = server(ServerConfig::default());
+    let mut a = client(5);
+    let req = next_request(&mut a, at(0));
+    let a_hex = a.session_id().to_string();
+    let b_hex = SessionId([6; 16]).to_string();
+    let moved = String::from_utf8_lossy(&req).replace(&a_hex, &b_hex);
+    send(&mut s, at(0), moved.as_bytes());
+    let r = responses(&mut s, at(0));
+    assert_eq!(r[0].1, 400);
+    assert_eq!(s.session_count(), 0);
+}
+
+#[test]
+fn slowloris_head_times_out_with_408() {
+    let cfg = ServerConfig {
+        request_timeout: Duration::from_secs(5),
+        ..ServerConfig::default()
+    };
+    let mut s = server(cfg);
+    let conn = send(&mut s, at(0), b"POST /abc HTTP/1.1\r\nHost:");
+    for ms in (100..4900).step_by(500) {
+        s.handle_bytes(at(ms), conn, b" ");
+    }
+    assert!(responses(&mut s, at(4900)).is_empty());
+    let deadline = s.poll_timeout().unwrap();
+    assert!(deadline <= at(5000));
+    s.handle_timeout(deadline);
+    let r = responses(&mut s, deadline);
+    assert_eq!((r[0].0, r[0].1, r[0].3), (conn, 408, true));
+    assert_eq!(s.connection_count(), 0);
+}
+
+#[test]
+fn held_request_is_answered_at_max_wait() {
+    let cfg = ServerConfig {
+        max_wait: Duration::from_secs(10),
+        ..ServerConfig::default()
+    };
+    let mut s = server(cfg);
+    let mut c = client(7);
+    send(&mut s, at(0), &next_request(&mut c, at(0)));
+    let r = responses(&mut s, at(0));
+    assert_eq!(r[0].1, 200);
+    // A park request of the session (rid 2), asking for one held request.
+    let sid = c.session_id();
+    let mut body = Vec::new();
+    let header = wire::Header {
+        session: sid,
+        rid: 2,
+        hold: 1,
+        ..Default::default()
+    };
+    wire::BundleEncoder::new(&mut body, &header, &[], 0).finish_untagged();
+    let mut req = format!(
+        "POST /{sid} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    send(&mut s, at(2), &req);
+    assert!(responses(&mut s, at(2)).is_empty(), "held, not answered");
+    assert_eq!(s.held_requests(sid), 1);
+    let deadline = s.poll_timeout().unwrap();
+    assert_eq!(deadline, at(10_002));
+    s.handle_timeout(deadline);
+    let r = responses(&mut s, deadline);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].1, 200);
+    let b = wire::decode(bytes::Bytes::from(r[0].2.clone()), &Default::default()).unwrap();
+    assert_eq!(b.header().held_us, 10_000_000);
+}
+
+#[test]
+fn health_check_get_is_answered() {
+    let mut s = server(ServerConfig::default());
+    send(&mut s, at(0), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = responses(&mut s, at(0));
+    assert_eq!((r[0].1, r[0].2.as_slice()), (200, &b"holdwire\n"[..]));
+}
