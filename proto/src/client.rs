@@ -22,6 +22,7 @@ use core::time::Duration;
 
 use bytes::Bytes;
 
+use crate::auth::{Key, SessionKeys};
 use crate::config::ClientConfig;
 use crate::error::{Event, ReadError, SessionError, WriteError};
 use crate::http::{self, RequestHead, RequestTarget, Response, ResponseParser};
@@ -177,6 +178,9 @@ pub struct Client {
     close_attempts_left: u32,
     close_in_flight: bool,
     server_nonce: Option<[u8; NONCE_LEN]>,
+    /// With a token: the key of opening requests, then the session's keys.
+    open_key: Option<Key>,
+    keys: Option<SessionKeys>,
 }
 
 impl Client {
@@ -223,6 +227,8 @@ impl Client {
             close_attempts_left: 0,
             close_in_flight: false,
             server_nonce: None,
+            open_key: config.token.as_ref().map(|t| Key::open(t, session, &nonce)),
+            keys: None,
             config,
         }
     }
@@ -501,9 +507,19 @@ impl Client {
             report.carried_by = Some(rid);
         }
 
-        let planned = self
-            .stream
-            .plan(&self.config.session, &self.controls, !controls_only);
+        // With authentication, opening requests carry no data: a replay of them must not
+        // deliver anything.
+        let opening_authenticated = self.phase == Phase::Opening && self.open_key.is_some();
+        let key = match (&self.keys, &self.open_key) {
+            (Some(keys), _) => Some(&keys.c2s),
+            (None, key) => key.as_ref(),
+        };
+        let planned = self.stream.plan(
+            &self.config.session,
+            &self.controls,
+            !controls_only && !opening_authenticated,
+            key.is_some(),
+        );
         let carried_data = planned.messages > 0;
         let start = buf.len();
         self.endpoint.encode_head(buf, planned.len);
@@ -517,7 +533,7 @@ impl Client {
             held_us: 0,
         };
         self.stream
-            .write(planned, buf, header, &self.controls, rid, now);
+            .write(planned, buf, header, &self.controls, rid, now, key);
         self.stream.stats.exchanges += 1;
 
         let open = self.slots[slot].state == SlotState::Closed;
@@ -676,6 +692,22 @@ impl Client {
                 return self.request_lost(now, rid);
             }
         };
+        if response.status == 200 && self.config.token.is_some() && !self.authentic(&bundle) {
+            if self.is_ended() {
+                // Only the announcement of our end was outstanding: stop announcing.
+                self.finish_exchange(rid);
+                self.close_in_flight = false;
+                self.close_attempts_left = 0;
+                return;
+            }
+            if bundle.tag().is_empty() {
+                self.finish_exchange(rid);
+                let what = "server response not authenticated (no token on the server?)";
+                return self.end(now, Err(SessionError::Protocol(what)));
+            }
+            // Tampered with on the way, or not from our server: a failed exchange.
+            return self.request_lost(now, rid);
+        }
         if response.status != 200
             && bundle
                 .frames()
@@ -770,6 +802,29 @@ impl Client {
         if self.config.coalesce_delay > Duration::ZERO {
             self.coalesce_until = Some(now + self.config.coalesce_delay);
         }
+    }
+
+    /// Checks a response's tag, deriving the session keys from the server's OPEN first.
+    fn authentic(&mut self, bundle: &wire::Bundle) -> bool {
+        let (Some(token), None) = (&self.config.token, &self.keys) else {
+            return self
+                .keys
+                .as_ref()
+                .is_some_and(|k| k.s2c.verify(bundle.signed_bytes(), bundle.tag()));
+        };
+        let server_nonce = bundle.frames().find_map(|f| match f {
+            wire::Frame::Open { nonce, .. } => Some(nonce),
+            _ => None,
+        });
+        let Some(server_nonce) = server_nonce else {
+            return false;
+        };
+        let keys = SessionKeys::derive(token, self.session, &self.nonce, &server_nonce);
+        if !keys.s2c.verify(bundle.signed_bytes(), bundle.tag()) {
+            return false;
+        }
+        self.keys = Some(keys);
+        true
     }
 
     fn finish_exchange(&mut self, rid: u64) -> Option<InFlight> {

@@ -2,6 +2,7 @@
 
 use core::time::Duration;
 
+use crate::auth::Token;
 use crate::http::HttpLimits;
 use crate::wire::WireLimits;
 
@@ -70,6 +71,8 @@ pub struct ClientConfig {
     pub coalesce_delay: Duration,
     /// How often a clean close is announced to the server before giving up.
     pub close_attempts: u32,
+    /// Shared token: authenticate every bundle (see `auth`). Must match the server's.
+    pub token: Option<Token>,
 }
 
 impl Default for ClientConfig {
@@ -86,6 +89,7 @@ impl Default for ClientConfig {
             max_failures: 12,
             coalesce_delay: Duration::ZERO,
             close_attempts: 8,
+            token: None,
         }
     }
 }
@@ -116,6 +120,8 @@ pub struct ServerConfig {
     pub linger: Duration,
     /// Most closed sessions remembered.
     pub max_lingering: usize,
+    /// Shared token: require every bundle to be authenticated with it (see `auth`).
+    pub token: Option<Token>,
 }
 
 impl Default for ServerConfig {
@@ -132,6 +138,7 @@ impl Default for ServerConfig {
             keep_alive_timeout: Duration::from_secs(120),
             linger: Duration::from_secs(60),
             max_lingering: 10_000,
+            token: None,
         }
     }
 }

@@ -59,6 +59,7 @@
 
 extern crate alloc;
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
@@ -72,6 +73,7 @@ pub mod time;
 pub mod url;
 pub mod wire;
 
+pub use auth::Token;
 pub use client::{Client, ConnId, Endpoint, Transmit};
 pub use config::{ClientConfig, ServerConfig, SessionConfig};
 pub use error::{Event, ReadError, SessionError, WriteError};

@@ -25,6 +25,7 @@ use core::time::Duration;
 
 use bytes::Bytes;
 
+use crate::auth::{Key, SessionKeys, TAG_LEN};
 use crate::client::ConnId;
 use crate::config::ServerConfig;
 use crate::error::{Event, ReadError, SessionError, WriteError};
@@ -137,6 +138,12 @@ struct Session {
     abort_to_send: Option<(AbortCode, String)>,
     timer: Option<Instant>,
     dirty: bool,
+    /// With a token: the key of the client's opening requests, and the session's keys.
+    open_key: Option<Key>,
+    keys: Option<SessionKeys>,
+    /// The application was told of the session (at once without a token; after the first
+    /// request tagged with the session key with one, which proves the open was not a replay).
+    announced: bool,
 }
 
 impl Session {
@@ -185,6 +192,8 @@ impl Session {
 struct Lingering {
     until: Instant,
     outcome: Result<(), SessionError>,
+    /// To authenticate late answers.
+    keys: Option<SessionKeys>,
 }
 
 /// The server endpoint. See the crate docs for the run loop.
@@ -432,23 +441,43 @@ impl Server {
         if !self.sessions.contains_key(&id) {
             if let Some(l) = self.lingering.get(&id) {
                 let rid = header.rid;
-                match &l.outcome {
-                    Ok(()) => self.respond_bare(conn, 200, id, rid, |enc| enc.close()),
-                    Err(_) => self.respond_bare(conn, 410, id, rid, |enc| {
+                let authentic = l
+                    .keys
+                    .as_ref()
+                    .is_none_or(|k| k.c2s.verify(bundle.signed_bytes(), bundle.tag()));
+                let s2c = l.keys.as_ref().map(|k| k.s2c.clone());
+                match (&l.outcome, authentic) {
+                    (_, false) => self.refuse_auth(conn, id, rid),
+                    (Ok(()), true) => {
+                        self.respond_bare_keyed(conn, 200, id, rid, s2c.as_ref(), |enc| enc.close())
+                    }
+                    (Err(_), true) => self.respond_bare(conn, 410, id, rid, |enc| {
                         enc.abort(AbortCode::UNKNOWN_SESSION, "session ended")
                     }),
                 }
                 return;
             }
-            let opens = bundle
-                .frames()
-                .any(|f| matches!(f, wire::Frame::Open { .. }));
-            if !opens {
+            let client_nonce = bundle.frames().find_map(|f| match f {
+                wire::Frame::Open { nonce, .. } => Some(nonce),
+                _ => None,
+            });
+            let Some(client_nonce) = client_nonce else {
                 self.respond_bare(conn, 404, id, header.rid, |enc| {
                     enc.abort(AbortCode::UNKNOWN_SESSION, "unknown session")
                 });
                 self.note_refusal(conn, 404, "unknown session");
                 return;
+            };
+            let open_key = self
+                .config
+                .token
+                .as_ref()
+                .map(|t| Key::open(t, id, &client_nonce));
+            if let Some(key) = &open_key {
+                if !key.verify(bundle.signed_bytes(), bundle.tag()) {
+                    self.refuse_auth(conn, id, header.rid);
+                    return;
+                }
             }
             if self.shutting_down {
                 self.respond_bare(conn, 503, id, header.rid, |enc| {
@@ -466,6 +495,12 @@ impl Server {
             }
             let mut nonce = [0u8; NONCE_LEN];
             self.entropy.fill(&mut nonce);
+            let keys = self
+                .config
+                .token
+                .as_ref()
+                .map(|t| SessionKeys::derive(t, id, &client_nonce, &nonce));
+            let announced = keys.is_none();
             self.sessions.insert(
                 id,
                 Session {
@@ -487,13 +522,55 @@ impl Server {
                     abort_to_send: None,
                     timer: None,
                     dirty: false,
+                    open_key,
+                    keys,
+                    announced,
                 },
             );
             self.stats.sessions_opened += 1;
-            self.events.push_back(ServerEvent {
-                session: id,
-                event: Event::Opened,
-            });
+            if announced {
+                self.events.push_back(ServerEvent {
+                    session: id,
+                    event: Event::Opened,
+                });
+            }
+        }
+        // Authentication of a known session: the session key, or (before the session is
+        // proven) the opening key for a repeated open, which is held but not applied.
+        let mut opening_only = false;
+        if let Some(s) = self.sessions.get_mut(&id) {
+            if let Some(keys) = &s.keys {
+                if keys.c2s.verify(bundle.signed_bytes(), bundle.tag()) {
+                    if !s.announced {
+                        s.announced = true;
+                        self.events.push_back(ServerEvent {
+                            session: id,
+                            event: Event::Opened,
+                        });
+                    }
+                } else if !s.announced
+                    && s.open_key
+                        .as_ref()
+                        .is_some_and(|k| k.verify(bundle.signed_bytes(), bundle.tag()))
+                {
+                    opening_only = true;
+                } else {
+                    self.refuse_auth(conn, id, header.rid);
+                    return;
+                }
+            }
+        }
+        if opening_only {
+            let Some(s) = self.sessions.get_mut(&id) else {
+                return;
+            };
+            let fresh = s.note_rid(header.rid);
+            s.last_request = now;
+            if fresh {
+                s.confirm_open = true;
+            }
+            self.hold_request(now, conn, id, header.rid, !fresh);
+            return;
         }
         let max_hold = self.config.max_hold.max(1);
         let Some(s) = self.sessions.get_mut(&id) else {
@@ -956,9 +1033,15 @@ impl Server {
             None => {}
         }
         let allow_data = !held.bare && s.outcome.is_none();
-        let planned = s
-            .stream
-            .plan(&self.config.session, &self.controls, allow_data);
+        // Until the session is proven fresh, answers carry no data (nothing can be queued yet).
+        let allow_data = allow_data && s.announced;
+        let key = s.keys.as_ref().map(|k| &k.s2c);
+        let planned = s.stream.plan(
+            &self.config.session,
+            &self.controls,
+            allow_data,
+            key.is_some(),
+        );
         let close_after = !held.keep_alive || shutting_down && s.outcome.is_some();
         let start = buf.len();
         http::encode_response_head(buf, 200, planned.len, close_after, false);
@@ -973,7 +1056,7 @@ impl Server {
             held_us: u32::try_from(held_us).unwrap_or(u32::MAX),
         };
         s.stream
-            .write(planned, buf, header, &self.controls, held.rid, now);
+            .write(planned, buf, header, &self.controls, held.rid, now, key);
         s.stream.stats.exchanges += 1;
         s.ack_urgent = false;
         self.update_session_timer(id);
@@ -1037,14 +1120,21 @@ impl Server {
             return;
         }
         let outcome = outcome.clone();
-        self.sessions.remove(&id);
+        let keys = self.sessions.remove(&id).and_then(|s| s.keys);
         if self.lingering.len() >= self.config.max_lingering {
             if let Some((_, old)) = self.linger_order.pop_front() {
                 self.lingering.remove(&old);
             }
         }
         let until = self.last_now + self.config.linger;
-        self.lingering.insert(id, Lingering { until, outcome });
+        self.lingering.insert(
+            id,
+            Lingering {
+                until,
+                outcome,
+                keys,
+            },
+        );
         self.linger_order.push_back((until, id));
     }
 
@@ -1060,6 +1150,14 @@ impl Server {
             status,
             reason,
         });
+    }
+
+    /// Refuses a request whose tag does not verify; the session, if any, is untouched.
+    fn refuse_auth(&mut self, conn: ConnId, id: SessionId, rid: u64) {
+        self.respond_bare(conn, 403, id, rid, |enc| {
+            enc.abort(AbortCode::AUTH_FAILED, "authentication failed")
+        });
+        self.note_refusal(conn, 403, "authentication failed");
     }
 
     /// Answers with a plain-text error and logs the refusal.
@@ -1084,13 +1182,26 @@ impl Server {
         self.immediate.push_back((conn, out, close));
     }
 
-    /// Answers at once with a bundle holding only control frames (no session state involved).
+    /// Answers at once with an untagged bundle holding only control frames.
     fn respond_bare(
         &mut self,
         conn: ConnId,
         status: u16,
         id: SessionId,
         rid: u64,
+        frames: impl FnOnce(&mut BundleEncoder<'_>),
+    ) {
+        self.respond_bare_keyed(conn, status, id, rid, None, frames);
+    }
+
+    /// Answers at once with a bundle holding only control frames, tagged with `key` if given.
+    fn respond_bare_keyed(
+        &mut self,
+        conn: ConnId,
+        status: u16,
+        id: SessionId,
+        rid: u64,
+        key: Option<&Key>,
         frames: impl FnOnce(&mut BundleEncoder<'_>),
     ) {
         let Some(c) = self.conns.get_mut(&conn.0) else {
@@ -1111,9 +1222,13 @@ impl Server {
             window,
             ..Header::default()
         };
-        let mut enc = BundleEncoder::new(&mut body, &header, &[], 0);
+        let tag_len = if key.is_some() { TAG_LEN } else { 0 };
+        let mut enc = BundleEncoder::new(&mut body, &header, &[], tag_len);
         frames(&mut enc);
-        enc.finish_untagged();
+        match key {
+            Some(key) => enc.finish(|data, tag| key.sign(data, tag)),
+            None => enc.finish_untagged(),
+        };
         let mut out = Vec::with_capacity(160 + body.len());
         http::encode_response_head(&mut out, status, body.len(), close, false);
         out.extend_from_slice(&body);

@@ -18,6 +18,7 @@ use core::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::auth::{Key, TAG_LEN};
 use crate::config::SessionConfig;
 use crate::time::Instant;
 use crate::wire::{
@@ -690,11 +691,13 @@ impl Stream {
         config: &SessionConfig,
         controls: &[Control],
         allow_data: bool,
+        tagged: bool,
     ) -> PlannedBundle {
         let max_sacks = config.wire.max_sack_ranges.min(32);
         self.recv.sacks(&mut self.sack_scratch, max_sacks);
         let controls_len: usize = controls.iter().map(Control::encoded_len).sum();
-        let fixed = wire::bundle_len(self.sack_scratch.len(), controls_len, 0);
+        let tag_len = if tagged { usize::from(TAG_LEN) } else { 0 };
+        let fixed = wire::bundle_len(self.sack_scratch.len(), controls_len, tag_len);
         let frames_len = if allow_data {
             let budget = config.max_bundle_len.saturating_sub(fixed);
             self.send.plan(
@@ -713,7 +716,8 @@ impl Stream {
         }
     }
 
-    /// Writes the planned bundle to `buf`.
+    /// Writes the planned bundle to `buf`, tagged with `key` if given (as planned).
+    #[allow(clippy::too_many_arguments)] // One call site per role; a struct would only rename them.
     pub(crate) fn write(
         &mut self,
         planned: PlannedBundle,
@@ -722,12 +726,14 @@ impl Stream {
         controls: &[Control],
         bundle: u64,
         now: Instant,
+        key: Option<&Key>,
     ) {
         header.ack = self.recv.ack();
         header.window = self.recv.window();
         self.recv.advertised = header.window;
         let start = buf.len();
-        let mut enc = BundleEncoder::new(buf, &header, &self.sack_scratch, 0);
+        let tag_len = if key.is_some() { TAG_LEN } else { 0 };
+        let mut enc = BundleEncoder::new(buf, &header, &self.sack_scratch, tag_len);
         for control in controls {
             control.encode(&mut enc);
         }
@@ -735,7 +741,10 @@ impl Stream {
         self.send
             .write_planned(&mut enc, &planned_seqs, bundle, now, &mut self.stats);
         self.plan_scratch = planned_seqs;
-        let written = enc.finish_untagged();
+        let written = match key {
+            Some(key) => enc.finish(|data, tag| key.sign(data, tag)),
+            None => enc.finish_untagged(),
+        };
         debug_assert_eq!(written, planned.len);
         debug_assert_eq!(buf.len() - start, planned.len);
     }

@@ -279,6 +279,63 @@ fn held_request_is_answered_at_max_wait() {
 }
 
 #[test]
+fn knowing_the_session_id_is_not_enough_to_inject() {
+    let token = holdwire_proto::Token::new(b"s3cret");
+    let mut s = server(ServerConfig {
+        token: Some(token.clone()),
+        ..ServerConfig::default()
+    });
+    let url = Url::parse("http://127.0.0.1:8080/").unwrap();
+    let sid = SessionId([8; 16]);
+    let mut c = Client::new(
+        ClientConfig {
+            token: Some(token),
+            ..ClientConfig::default()
+        },
+        Endpoint::new(&url, sid, None),
+        sid,
+        [8; 16],
+        at(0),
+    );
+    // Open: the confirmation is tagged; the session is announced only once proven.
+    send(&mut s, at(0), &next_request(&mut c, at(0)));
+    assert!(
+        s.poll_event().is_none(),
+        "not announced before a request proves freshness"
+    );
+    let r = responses(&mut s, at(0));
+    c.handle_bytes(at(1), ConnId(0), &http_bytes(200, &r[0].2));
+    assert_eq!(c.poll_event(), Some(Event::Opened));
+    send(&mut s, at(1), &next_request(&mut c, at(1)));
+    assert_eq!(s.poll_event().map(|e| e.event), Some(Event::Opened));
+
+    // An attacker who saw the session id in a proxy log forges a request with data.
+    let mut body = Vec::new();
+    let header = wire::Header {
+        session: sid,
+        rid: 1000,
+        ..Default::default()
+    };
+    let mut enc = wire::BundleEncoder::new(&mut body, &header, &[], 16);
+    enc.message(0, b"rm -rf /");
+    enc.finish(|_, tag| tag.fill(0xAA));
+    let mut req = format!(
+        "POST /{sid} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    send(&mut s, at(2), &req);
+    let r = responses(&mut s, at(2));
+    assert_eq!(r[0].1, 403);
+    assert_eq!(abort_code(&r[0].2), Some(AbortCode::AUTH_FAILED));
+    let mut buf = [0u8; 16];
+    assert!(s.read(sid, &mut buf).is_err(), "nothing was delivered");
+    assert_eq!(s.session_count(), 1, "the session carries on");
+    assert!(s.write(sid, b"still here").is_ok());
+}
+
+#[test]
 fn health_check_get_is_answered() {
     let mut s = server(ServerConfig::default());
     send(&mut s, at(0), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");

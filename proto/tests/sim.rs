@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use holdwire_proto::sim::{check_stream, payload, Faults, Sim, SimConfig, Workload};
-use holdwire_proto::{ClientConfig, Instant, ServerConfig, SessionError};
+use holdwire_proto::{ClientConfig, Instant, ServerConfig, SessionError, Token};
 use proptest::prelude::*;
 
 fn client_config() -> ClientConfig {
@@ -228,6 +228,58 @@ fn permanent_partition_fails_both_ends_within_bounds() {
     assert!(c.server_app.end_at.unwrap() <= bound(sc.idle_timeout));
 }
 
+fn with_tokens(client: Option<&[u8]>, server: Option<&[u8]>) -> Sim {
+    let mut cc = client_config();
+    cc.token = client.map(Token::new);
+    let mut sc = server_config();
+    sc.token = server.map(Token::new);
+    Sim::new(
+        SimConfig::default(),
+        cc,
+        sc,
+        workload(100_000, 100_000, 9),
+        1,
+    )
+}
+
+#[test]
+fn authenticated_session_transfers_and_closes() {
+    let mut sim = with_tokens(Some(b"s3cret"), Some(b"s3cret"));
+    assert_clean_transfer(&mut sim);
+    assert_eq!(sim.server.stats().requests_refused, 0);
+}
+
+#[test]
+fn wrong_token_is_refused_with_403() {
+    let mut sim = with_tokens(Some(b"guess"), Some(b"s3cret"));
+    sim.run().unwrap();
+    let c = &sim.clients[0];
+    assert_eq!(c.app.end, Some(Err(SessionError::Rejected { status: 403 })));
+    assert_eq!(
+        c.server_app.end, None,
+        "the server never announced the session"
+    );
+    assert_eq!(sim.server.session_count(), 0);
+    assert!(sim.server.stats().requests_refused >= 1);
+}
+
+#[test]
+fn client_without_token_is_refused_and_server_without_token_is_detected() {
+    let mut sim = with_tokens(None, Some(b"s3cret"));
+    sim.run().unwrap();
+    assert_eq!(
+        sim.clients[0].app.end,
+        Some(Err(SessionError::Rejected { status: 403 }))
+    );
+    let mut sim = with_tokens(Some(b"s3cret"), None);
+    sim.run().unwrap();
+    assert!(
+        matches!(sim.clients[0].app.end, Some(Err(SessionError::Protocol(_)))),
+        "{:?}",
+        sim.clients[0].app.end
+    );
+}
+
 fn fault_strategy() -> impl Strategy<Value = Faults> {
     let p = || prop_oneof![Just(0.0), 0.0..0.08f64];
     (
@@ -275,13 +327,18 @@ proptest! {
         jitter_ms in 0u64..20,
         hold in 1u8..4,
         max_in_flight in 2usize..8,
+        authenticated in any::<bool>(),
     ) {
         let mut cc = client_config();
+        let mut sc = server_config();
+        if authenticated {
+            cc.token = Some(Token::new(b"correct horse"));
+            sc.token = Some(Token::new(b"correct horse"));
+        }
         cc.hold = hold;
         cc.max_in_flight = max_in_flight;
         cc.session.send_buffer = 512 * 1024;
         cc.session.recv_buffer = 256 * 1024;
-        let sc = server_config();
         let mut sim = Sim::new(
             SimConfig {
                 seed,
