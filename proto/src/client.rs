@@ -166,6 +166,14 @@ pub struct Client {
     lost_reports: VecDeque<LostReport>,
     controls: Vec<Control>,
     next_rid: u64,
+    /// The number of held requests asked for now (adaptive, see `ClientConfig::hold`).
+    hold_target: u8,
+    /// When `hold_target` last changed.
+    hold_changed_at: Instant,
+    /// When an answer last came back full.
+    last_full_answer: Instant,
+    /// The server must hear of a lowered `hold_target`.
+    hold_update_due: bool,
     granted_hold: u8,
     server_max_wait: Duration,
     rtt: RttEstimator,
@@ -195,6 +203,13 @@ impl Client {
     ) -> Self {
         config.max_in_flight = config.max_in_flight.max(2);
         config.hold = config.hold.max(1);
+        // Keep two slots beyond the held requests: one to send on, one to tell the server of a
+        // lower hold count.
+        let slots_cap = u8::try_from(config.max_in_flight.saturating_sub(2)).unwrap_or(u8::MAX);
+        config.hold = config.hold.min(slots_cap.max(1));
+        config.max_hold = config
+            .max_hold
+            .clamp(config.hold, slots_cap.max(config.hold));
         let slots = (0..config.max_in_flight)
             .map(|_| Slot {
                 state: SlotState::Closed,
@@ -216,6 +231,10 @@ impl Client {
             lost_reports: VecDeque::new(),
             controls: Vec::new(),
             next_rid: 1,
+            hold_target: config.hold,
+            hold_changed_at: now,
+            last_full_answer: now,
+            hold_update_due: false,
             granted_hold: 1,
             rtt,
             failures: 0,
@@ -360,6 +379,11 @@ impl Client {
             self.close_slot(slot);
             return;
         }
+        // An answer is arriving: its request is not lost, however long the body takes.
+        let rto = self.rtt.rto();
+        if let Some(r) = self.in_flight.iter_mut().find(|r| r.slot == slot) {
+            r.answer_by = r.answer_by.max(now + rto);
+        }
         if self.slots[slot].parser.push(data).is_err() {
             self.slot_failed(now, slot);
             return;
@@ -407,6 +431,12 @@ impl Client {
         if self.coalesce_until.is_some_and(|t| t <= now) {
             self.coalesce_until = None;
         }
+        if self.hold_decay_at().is_some_and(|t| t <= now) {
+            // The server releases the extra held requests when it hears of it.
+            self.hold_target = self.config.hold;
+            self.hold_changed_at = now;
+            self.hold_update_due = true;
+        }
         while let Some(r) = self.in_flight.iter().find(|r| r.answer_by <= now) {
             let (slot, rid) = (r.slot, r.rid);
             self.rtt.backoff = self.rtt.backoff.saturating_add(1);
@@ -438,6 +468,9 @@ impl Client {
             consider(t);
         }
         if let Some(t) = self.coalesce_until {
+            consider(t);
+        }
+        if let Some(t) = self.hold_decay_at() {
             consider(t);
         }
         for r in &self.in_flight {
@@ -474,6 +507,7 @@ impl Client {
                         .is_none_or(|rid| !self.in_flight.iter().any(|f| f.rid == rid))
                 });
                 let has_news = self.stream.send.has_sendable()
+                    || self.hold_update_due
                     || has_reports
                     || self.stream.recv.window_opened();
                 if in_flight >= park_target && (coalescing || !has_news) {
@@ -484,6 +518,7 @@ impl Client {
         };
         let rid = self.next_rid;
         self.next_rid += 1;
+        self.hold_update_due = false;
 
         self.controls.clear();
         if self.phase == Phase::Opening {
@@ -529,7 +564,7 @@ impl Client {
             rid,
             ack: 0,
             window: 0,
-            hold: self.config.hold,
+            hold: self.hold_target,
             held_us: 0,
         };
         self.stream
@@ -720,7 +755,7 @@ impl Client {
             return;
         };
         let header = *bundle.header();
-        let controls = match self.stream.process(&bundle, now, None) {
+        let controls = match self.stream.process(&bundle) {
             Ok(c) => c,
             Err(what) => {
                 self.end(now, Err(SessionError::Protocol(what)));
@@ -737,6 +772,7 @@ impl Client {
             self.rtt.sample(rtt);
         }
         self.granted_hold = header.hold.max(1);
+        self.adapt_hold(now, bundle.as_bytes().len());
         self.lost_reports
             .retain(|r| r.carried_by.is_none_or(|by| by != rid));
         if req.carried_close {
@@ -802,6 +838,31 @@ impl Client {
         if self.config.coalesce_delay > Duration::ZERO {
             self.coalesce_until = Some(now + self.config.coalesce_delay);
         }
+    }
+
+    /// Asks for one more held request while answers come back full (the server has more to
+    /// send than the parked requests carry per round trip).
+    fn adapt_hold(&mut self, now: Instant, answer_len: usize) {
+        if answer_len >= self.config.session.max_bundle_len / 2 {
+            self.last_full_answer = now;
+            if self.hold_target < self.config.max_hold {
+                self.hold_target += 1;
+                self.hold_changed_at = now;
+            }
+        }
+    }
+
+    /// When a raised hold count falls back: four round trips without a full answer.
+    fn hold_decay_at(&self) -> Option<Instant> {
+        (self.hold_target > self.config.hold && !self.is_ended()).then(|| {
+            let rtt = self.rtt.srtt.unwrap_or(self.config.initial_rto);
+            self.last_full_answer.max(self.hold_changed_at) + rtt * 4
+        })
+    }
+
+    /// Requests the server is asked to hold now.
+    pub fn hold_target(&self) -> u8 {
+        self.hold_target
     }
 
     /// Checks a response's tag, deriving the session keys from the server's OPEN first.

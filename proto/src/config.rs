@@ -53,8 +53,12 @@ pub struct ClientConfig {
     pub session: SessionConfig,
     /// Most HTTP requests outstanding at once (at least 2), and so most connections.
     pub max_in_flight: usize,
-    /// How many requests the client asks the server to hold (at least 1).
+    /// How many requests the client asks the server to hold when the session starts or is
+    /// quiet (at least 1). While the server's answers come back full, the client asks for more,
+    /// up to `max_hold`, so that downloads fill the path's bandwidth-delay product.
     pub hold: u8,
+    /// Most requests the client asks the server to hold.
+    pub max_hold: u8,
     /// Retransmission timeout before any round trip was measured.
     pub initial_rto: Duration,
     /// Lower bound of the retransmission timeout.
@@ -79,8 +83,9 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             session: SessionConfig::default(),
-            max_in_flight: 8,
+            max_in_flight: 16,
             hold: 2,
+            max_hold: 16,
             initial_rto: Duration::from_secs(1),
             min_rto: Duration::from_millis(200),
             max_rto: Duration::from_secs(10),
@@ -129,7 +134,7 @@ impl Default for ServerConfig {
         ServerConfig {
             session: SessionConfig::default(),
             path_prefix: alloc::string::String::from("/"),
-            max_hold: 8,
+            max_hold: 16,
             max_wait: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             max_sessions: 10_000,

@@ -30,7 +30,7 @@ use crate::client::ConnId;
 use crate::config::ServerConfig;
 use crate::error::{Event, ReadError, SessionError, WriteError};
 use crate::http::{self, Method, Request, RequestParser};
-use crate::stream::{Control, RttEstimator, Stats, Stream};
+use crate::stream::{Control, Stats, Stream};
 use crate::time::{self, Instant};
 use crate::wire::{self, AbortCode, BundleEncoder, Header, SessionId, NONCE_LEN};
 
@@ -124,8 +124,6 @@ struct Held {
 #[derive(Debug)]
 struct Session {
     stream: Stream,
-    /// Time from sending a message to the request acknowledging it.
-    rtt: RttEstimator,
     held: VecDeque<Held>,
     hold: u8,
     max_rid: u64,
@@ -505,11 +503,6 @@ impl Server {
                 id,
                 Session {
                     stream: Stream::new(&self.config.session),
-                    rtt: RttEstimator::new(
-                        Duration::from_secs(1),
-                        Duration::from_millis(200),
-                        self.config.max_wait,
-                    ),
                     held: VecDeque::new(),
                     hold: 1,
                     max_rid: 0,
@@ -581,8 +574,23 @@ impl Server {
             self.stats.duplicate_requests += 1;
         }
         s.last_request = now;
-        let tail_rto = s.rtt.rto();
-        let controls = match s.stream.process(&bundle, now, Some(tail_rto)) {
+        if !fresh {
+            // A retry (or replay) of a request: the proxy may have given up on the original,
+            // so what our answer to it carried may be lost, and a still-held original sits on a
+            // connection nobody reads. Resend the one, drop the other; the copy is answered
+            // without data below.
+            s.stream.send.on_bundle_lost(header.rid);
+            if let Some(i) = s.held.iter().position(|h| h.rid == header.rid) {
+                if let Some(h) = s.held.remove(i) {
+                    self.conns.remove(&h.conn.0);
+                    self.closes.push_back(h.conn);
+                }
+            }
+        }
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let controls = match s.stream.process(&bundle) {
             Ok(c) => c,
             Err(what) => {
                 self.end_session(id, Err(SessionError::Protocol(what)), true);
@@ -593,9 +601,6 @@ impl Server {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        if let Some(sent_at) = controls.newest_acked.filter(|_| fresh) {
-            s.rtt.sample(now.saturating_duration_since(sent_at));
-        }
         if controls.new_data {
             s.ack_urgent = true;
             self.events.push_back(ServerEvent {

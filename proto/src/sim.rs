@@ -494,6 +494,25 @@ impl Sim {
         self.config.partition_at.is_some_and(|t| self.now >= t)
     }
 
+    /// When the first and the last byte of a message of `len` bytes sent now arrive, one way.
+    fn arrival_span(&mut self, len: usize, upstream: bool) -> (Instant, Instant) {
+        let queue_start = {
+            let busy = if upstream {
+                self.up_busy_until
+            } else {
+                self.down_busy_until
+            };
+            busy.max(self.now)
+        };
+        let last = self.arrival(len, upstream);
+        let first = if self.config.rate > 0 {
+            (queue_start + self.config.latency).min(last)
+        } else {
+            last
+        };
+        (first, last)
+    }
+
     /// When a message of `len` bytes sent now arrives, one way.
     fn arrival(&mut self, len: usize, upstream: bool) -> Instant {
         let jitter = if self.config.jitter > Duration::ZERO {
@@ -720,7 +739,7 @@ impl Sim {
             return;
         }
         let f = self.config.faults.clone();
-        let at = self.arrival(bytes.len(), false);
+        let (first, at) = self.arrival_span(bytes.len(), false);
         let close = close_after || f.close_after_response;
         if self.rng.chance(f.hang_response) {
             if let Some(l) = self.links.get_mut(&link) {
@@ -760,7 +779,18 @@ impl Sim {
             self.close_server_side(link, at);
             return;
         }
-        self.schedule(at, Delivery::ToClient { link, bytes });
+        // The head arrives with the first byte, the body with the last.
+        let head_len = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(0, |p| p + 4);
+        if first < at && head_len > 0 && head_len < bytes.len() {
+            let body = bytes.split_off(head_len);
+            self.schedule(first, Delivery::ToClient { link, bytes });
+            self.schedule(at, Delivery::ToClient { link, bytes: body });
+        } else {
+            self.schedule(at, Delivery::ToClient { link, bytes });
+        }
         if close {
             self.schedule(at, Delivery::ServerClosed { link });
             if !close_after {

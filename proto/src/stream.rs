@@ -98,8 +98,6 @@ pub(crate) struct ReceivedControls {
     pub unreadable_count: usize,
     /// The bundle carried messages or a FIN that were new.
     pub new_data: bool,
-    /// Send time of the newest of our messages it acknowledged.
-    pub newest_acked: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -368,18 +366,14 @@ impl SendQueue {
         }
     }
 
-    /// Applies the peer's acknowledgement, arriving at `now`. With `tail_rto`, a message sent
-    /// longer than that ago and still unacknowledged is lost (the peer acknowledges promptly).
-    /// Returns the send time of the newest message this acknowledgement delivered.
+    /// Applies the peer's acknowledgement.
     pub(crate) fn on_ack(
         &mut self,
-        now: Instant,
         ack: u64,
         sacks: impl Iterator<Item = SackRange>,
         window: u32,
         reorder_window: Duration,
-        tail_rto: Option<Duration>,
-    ) -> Result<Option<Instant>, &'static str> {
+    ) -> Result<(), &'static str> {
         let next = self.next_seq();
         if ack > next {
             return Err("acknowledgement of a message never sent");
@@ -424,22 +418,17 @@ impl SendQueue {
                 self.delivered_sent_at = Some(n);
             }
         }
-        let rack = self.delivered_sent_at.map(|d| d - reorder_window);
-        let tail = tail_rto.map(|rto| now - rto);
-        if rack.is_some() || tail.is_some() {
+        // RACK: a message sent more than the reorder window before one already delivered is
+        // not coming.
+        if let Some(horizon) = self.delivered_sent_at.map(|d| d - reorder_window) {
             for (i, entry) in self.entries.iter_mut().enumerate() {
-                if entry.acked || entry.lost {
-                    continue;
-                }
-                let reordered = rack.is_some_and(|r| entry.sent_at < r);
-                let timed_out = tail.is_some_and(|t| entry.sent_at <= t);
-                if reordered || timed_out {
+                if !entry.acked && !entry.lost && entry.sent_at < horizon {
                     entry.lost = true;
                     self.lost.push_back(self.base + i as u64);
                 }
             }
         }
-        Ok(newest)
+        Ok(())
     }
 
     /// The bundle `bundle` is known lost: its unacknowledged messages are to be resent.
@@ -749,26 +738,16 @@ impl Stream {
         debug_assert_eq!(buf.len() - start, planned.len);
     }
 
-    /// Applies a received bundle: acknowledgements, messages and control frames. See
-    /// [`SendQueue::on_ack`] for `tail_rto`.
-    pub(crate) fn process(
-        &mut self,
-        bundle: &Bundle,
-        now: Instant,
-        tail_rto: Option<Duration>,
-    ) -> Result<ReceivedControls, &'static str> {
+    /// Applies a received bundle: acknowledgements, messages and control frames.
+    pub(crate) fn process(&mut self, bundle: &Bundle) -> Result<ReceivedControls, &'static str> {
         let header = bundle.header();
-        let mut controls = ReceivedControls {
-            newest_acked: self.send.on_ack(
-                now,
-                header.ack,
-                bundle.sacks(),
-                header.window,
-                self.reorder_window,
-                tail_rto,
-            )?,
-            ..ReceivedControls::default()
-        };
+        let mut controls = ReceivedControls::default();
+        self.send.on_ack(
+            header.ack,
+            bundle.sacks(),
+            header.window,
+            self.reorder_window,
+        )?;
         for frame in bundle.frames() {
             match frame {
                 Frame::Message { seq, payload } => {

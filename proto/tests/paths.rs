@@ -1,0 +1,112 @@
+//! Throughput on simulated long fat paths, in virtual time (deterministic, so exact bounds):
+//! bulk transfers must come close to the ideal time for the path's RTT and rate, with nothing
+//! resent when nothing is lost.
+
+use std::time::Duration;
+
+use holdwire_proto::sim::{check_stream, payload, Sim, SimConfig, Workload};
+use holdwire_proto::{ClientConfig, ServerConfig};
+
+struct Run {
+    seconds: f64,
+    ideal: f64,
+    resent: u64,
+}
+
+fn bulk(rtt_ms: u64, mbit: u64, up: usize, down: usize) -> Run {
+    let rate = mbit * 1_000_000 / 8;
+    let mut sim = Sim::new(
+        SimConfig {
+            latency: Duration::from_millis(rtt_ms / 2),
+            rate,
+            ..SimConfig::default()
+        },
+        ClientConfig::default(),
+        ServerConfig::default(),
+        Workload {
+            client_sends: payload(1, up),
+            server_sends: payload(2, down),
+            ..Workload::default()
+        },
+        1,
+    );
+    sim.run().unwrap();
+    let c = &sim.clients[0];
+    check_stream("up", &sim.workload.client_sends, &c.server_app.received).unwrap();
+    check_stream("down", &sim.workload.server_sends, &c.app.received).unwrap();
+    let end = c.app.end_at.unwrap().max(c.server_app.end_at.unwrap());
+    Run {
+        seconds: end.as_micros() as f64 / 1e6,
+        // Serialisation of the larger direction plus one round trip to open.
+        ideal: up.max(down) as f64 / rate as f64 + rtt_ms as f64 / 1000.0,
+        resent: c.core.stats().messages_resent,
+    }
+}
+
+fn assert_within(run: Run, factor: f64, what: &str) {
+    let ratio = run.seconds / run.ideal;
+    println!(
+        "{what}: {:.3} s, ideal {:.3} s, ratio {ratio:.3}",
+        run.seconds, run.ideal
+    );
+    assert!(ratio <= factor, "{what}: ratio {ratio:.3} above {factor}");
+    assert_eq!(run.resent, 0, "{what}: nothing lost, nothing resent");
+}
+
+#[test]
+fn wan80_one_way_within_15_percent_of_ideal() {
+    assert_within(bulk(80, 50, 0, 16 << 20), 1.15, "wan80 down");
+    assert_within(bulk(80, 50, 16 << 20, 0), 1.15, "wan80 up");
+}
+
+#[test]
+fn wan20_one_way_within_10_percent_of_ideal() {
+    assert_within(bulk(20, 200, 0, 32 << 20), 1.10, "wan20 down");
+    assert_within(bulk(20, 200, 32 << 20, 0), 1.10, "wan20 up");
+}
+
+#[test]
+fn wan80_both_ways_at_once() {
+    // Bounded by how upload bundles queue ahead of re-parking requests on the shared uplink.
+    assert_within(bulk(80, 50, 16 << 20, 16 << 20), 1.5, "wan80 both ways");
+}
+
+#[test]
+fn held_requests_grow_with_the_path_and_settle() {
+    // 1 Gbit/s at 80 ms needs many parked requests; the count must grow, stay within its cap,
+    // and come back down once the transfer is over.
+    let config = ClientConfig::default();
+    let mut sim = Sim::new(
+        SimConfig {
+            latency: Duration::from_millis(40),
+            rate: 125_000_000,
+            ..SimConfig::default()
+        },
+        config.clone(),
+        ServerConfig::default(),
+        Workload {
+            server_sends: payload(3, 32 << 20),
+            finish: false,
+            ..Workload::default()
+        },
+        1,
+    );
+    let mut peak = 0;
+    let mut changes = 0;
+    let mut last = sim.clients[0].core.hold_target();
+    for step in 1..=200 {
+        sim.config.max_time = Duration::from_millis(step * 50);
+        sim.run().unwrap();
+        let h = sim.clients[0].core.hold_target();
+        peak = peak.max(h);
+        changes += u32::from(h != last);
+        last = h;
+    }
+    assert!(sim.clients[0].app.received.len() == 32 << 20);
+    assert!(peak > config.hold && peak <= config.max_hold, "peak {peak}");
+    assert!(
+        changes <= 2 * u32::from(config.max_hold),
+        "{changes} changes"
+    );
+    assert_eq!(last, config.hold, "back to the idle count once quiet");
+}
