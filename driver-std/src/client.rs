@@ -145,7 +145,6 @@ pub(crate) fn connect(options: ClientOptions) -> io::Result<Arc<ClientShared>> {
         next_gen: 0,
         addrs,
         connect_timeout: options.connect_timeout,
-        close_each: options.close_each_request,
         buf: Vec::new(),
     };
     thread::Builder::new()
@@ -181,7 +180,6 @@ struct Owner {
     next_gen: u64,
     addrs: Arc<[SocketAddr]>,
     connect_timeout: Duration,
-    close_each: bool,
     buf: Vec<u8>,
 }
 
@@ -266,6 +264,11 @@ impl Owner {
                     st.core.handle_closed(now, ConnId(tag.conn));
                 }
             }
+            Inbox::Sent(tag) => {
+                if self.is_current(tag) {
+                    st.core.handle_sent(now, ConnId(tag.conn));
+                }
+            }
             Inbox::Accepted(..) | Inbox::Kick => {}
         }
     }
@@ -285,12 +288,7 @@ impl Owner {
             };
             let bytes = self.buf[..t.len].to_vec();
             let slot = t.conn.0;
-            // Workaround (core issue): with `close_each_request` the request says
-            // `Connection: close`, so its connection cannot carry another one (RFC 9112
-            // 9.6), but the core reuses the slot when the proxy strips the response's
-            // `Connection: close` (tinyproxy 1.11 does). Open a fresh connection instead;
-            // the old one's late close carries an old generation and is ignored.
-            if t.open || self.close_each || !self.conns.contains_key(&slot) {
+            if t.open || !self.conns.contains_key(&slot) {
                 if let Some((_, old)) = self.conns.remove(&slot) {
                     old.close();
                 }

@@ -57,6 +57,8 @@ pub(crate) enum Inbox {
     Bytes(Tag, Vec<u8>),
     /// The connection ended (EOF, error, or the connection attempt failed).
     Closed(Tag),
+    /// A request was written completely (client connections).
+    Sent(Tag),
     /// A TCP connection was accepted (server).
     Accepted(TcpStream, SocketAddr),
     /// The application did something: drain the core.
@@ -168,7 +170,7 @@ impl Conn {
                     let _ = inbox.send(Inbox::Closed(tag));
                     return;
                 }
-                write_loop(&shared, sock, rx);
+                write_loop(&shared, sock, rx, Some((tag, inbox)));
             });
         if spawned.is_err() {
             // No thread: the owner learns of the failure like any failed connect, through
@@ -195,7 +197,7 @@ impl Conn {
         let spawned = thread::Builder::new()
             .name("holdwire-write".into())
             .stack_size(THREAD_STACK)
-            .spawn(move || write_loop(&shared, sock, rx));
+            .spawn(move || write_loop(&shared, sock, rx, None));
         if let Err(e) = spawned {
             conn.close();
             return Err(e);
@@ -287,10 +289,20 @@ fn read_loop(shared: &Shared, mut sock: TcpStream, tag: Tag, inbox: SyncSender<I
     let _ = inbox.send(Inbox::Closed(tag));
 }
 
-fn write_loop(shared: &Shared, mut sock: TcpStream, rx: Receiver<WriteCmd>) {
+/// Writes what the owner queues. With `sent`, reports each completed write (the core times the
+/// answers a request triggers from when it has left).
+fn write_loop(
+    shared: &Shared,
+    mut sock: TcpStream,
+    rx: Receiver<WriteCmd>,
+    sent: Option<(Tag, SyncSender<Inbox>)>,
+) {
     // Ends when the owner drops its handle (and everything queued is written).
     while let Ok(WriteCmd::Data { bytes, close_after }) = rx.recv() {
         let result = sock.write_all(&bytes);
+        if let (Ok(()), Some((tag, inbox))) = (&result, &sent) {
+            let _ = inbox.send(Inbox::Sent(*tag));
+        }
         {
             let mut st = shared.lock();
             st.unwritten = st.unwritten.saturating_sub(bytes.len());

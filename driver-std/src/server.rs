@@ -387,7 +387,7 @@ impl Owner {
                 self.conns.remove(&tag.conn);
                 st.core.handle_closed(now, ConnId(tag.conn));
             }
-            Inbox::Kick => {}
+            Inbox::Sent(_) | Inbox::Kick => {}
         }
     }
 
@@ -557,6 +557,8 @@ fn discard_unread(core: &mut Server, id: SessionId) {
 pub(crate) fn close_listener(shared: &ServerShared) {
     let Ok(mut st) = shared.lock() else { return };
     st.listener_open = false;
+    // New opens are refused from now on; sessions already handed out carry on.
+    st.core.stop_accepting();
     let now = shared.now();
     let ServerState {
         core,

@@ -120,6 +120,10 @@ enum SlotState {
 struct Slot {
     state: SlotState,
     parser: ResponseParser,
+    /// The exchange in progress went on a connection that had carried one before.
+    reused: bool,
+    /// Response bytes arrived for the exchange in progress.
+    answered: bool,
 }
 
 #[derive(Debug)]
@@ -130,6 +134,9 @@ struct InFlight {
     answer_by: Instant,
     carried_data: bool,
     carried_close: bool,
+    /// The request whose sending shortened this one's deadline (the server answers this one
+    /// once that one arrives).
+    forced_by: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -163,6 +170,8 @@ pub struct Client {
     in_flight: VecDeque<InFlight>,
     closes: VecDeque<ConnId>,
     events: VecDeque<Event>,
+    /// `Closed` or `Failed` was queued.
+    final_event_out: bool,
     lost_reports: VecDeque<LostReport>,
     controls: Vec<Control>,
     next_rid: u64,
@@ -178,6 +187,10 @@ pub struct Client {
     server_max_wait: Duration,
     rtt: RttEstimator,
     failures: u32,
+    /// When the last counted failure happened.
+    last_failure: Instant,
+    /// Connections the peer closed right after a response (see `note_closed_after_response`).
+    closed_after_response: u8,
     retry_at: Option<Instant>,
     coalesce_until: Option<Instant>,
     last_heard: Instant,
@@ -214,6 +227,8 @@ impl Client {
             .map(|_| Slot {
                 state: SlotState::Closed,
                 parser: ResponseParser::new(config.session.http.clone()),
+                reused: false,
+                answered: false,
             })
             .collect();
         let rtt = RttEstimator::new(config.initial_rto, config.min_rto, config.max_rto);
@@ -228,6 +243,7 @@ impl Client {
             in_flight: VecDeque::new(),
             closes: VecDeque::new(),
             events: VecDeque::new(),
+            final_event_out: false,
             lost_reports: VecDeque::new(),
             controls: Vec::new(),
             next_rid: 1,
@@ -238,6 +254,8 @@ impl Client {
             granted_hold: 1,
             rtt,
             failures: 0,
+            last_failure: Instant::ZERO,
+            closed_after_response: 0,
             retry_at: None,
             coalesce_until: None,
             last_heard: now,
@@ -379,6 +397,7 @@ impl Client {
             self.close_slot(slot);
             return;
         }
+        self.slots[slot].answered = true;
         // An answer is arriving: its request is not lost, however long the body takes.
         let rto = self.rtt.rto();
         if let Some(r) = self.in_flight.iter_mut().find(|r| r.slot == slot) {
@@ -403,19 +422,48 @@ impl Client {
         };
         match self.slots[slot].state {
             SlotState::Closed => {}
-            SlotState::Idle => self.reset_slot(slot),
+            SlotState::Idle => {
+                // The proxy or server closed a kept-alive connection after its response.
+                self.note_closed_after_response();
+                self.reset_slot(slot);
+            }
             SlotState::Busy => match self.slots[slot].parser.eof() {
                 Ok(Some(response)) => {
                     self.on_response(now, slot, response);
                     self.reset_slot(slot);
                 }
                 _ => {
+                    // A reused connection closed before any answer: the keep-alive race with a
+                    // peer that closes after each response. Resend, but it is no failure.
+                    let race = self.slots[slot].reused && !self.slots[slot].answered;
+                    if race {
+                        self.note_closed_after_response();
+                    }
                     self.reset_slot(slot);
                     if let Some(rid) = self.rid_on_slot(slot) {
-                        self.request_lost(now, rid);
+                        self.request_lost_counted(now, rid, !race);
                     }
                 }
             },
+        }
+    }
+
+    /// The request last handed out for `conn` was written completely. Drivers must call it: the
+    /// answers that request makes the server give are expected within one RTO from now (until
+    /// then, only the `max_wait` deadline applies).
+    pub fn handle_sent(&mut self, now: Instant, conn: ConnId) {
+        let now = time::advance(&mut self.last_now, now);
+        let Some(slot) = self.slot_index(conn) else {
+            return;
+        };
+        let Some(rid) = self.rid_on_slot(slot) else {
+            return;
+        };
+        let rto = self.rtt.rto();
+        for r in &mut self.in_flight {
+            if r.forced_by == Some(rid) {
+                r.answer_by = r.answer_by.min(now + rto);
+            }
         }
     }
 
@@ -572,6 +620,8 @@ impl Client {
         self.stream.stats.exchanges += 1;
 
         let open = self.slots[slot].state == SlotState::Closed;
+        self.slots[slot].reused = !open;
+        self.slots[slot].answered = false;
         if open {
             // Opening replaces the slot's old connection: a pending close of it is implied, and
             // must not hit the new one whatever order the driver drains outputs in.
@@ -586,6 +636,7 @@ impl Client {
             answer_by: now + self.server_max_wait + rto,
             carried_data,
             carried_close,
+            forced_by: None,
         });
         // The server answers at once the oldest requests beyond its hold count, and the
         // oldest held request when new data needs acknowledging.
@@ -597,8 +648,18 @@ impl Client {
         if ended || self.phase == Phase::Opening {
             forced = in_flight;
         }
+        // Their deadline shortens to one RTO once the request that makes the server answer
+        // them has left (see `handle_sent`): a big request can take long to cross a slow uplink.
         for r in self.in_flight.iter_mut().take(forced) {
-            r.answer_by = r.answer_by.min(now + rto);
+            if r.forced_by.is_none() && r.rid != rid {
+                r.forced_by = Some(rid);
+            }
+        }
+        if ended || self.phase == Phase::Opening {
+            // Nothing else is in flight that could delay this one.
+            if let Some(r) = self.in_flight.back_mut() {
+                r.answer_by = r.answer_by.min(now + rto);
+            }
         }
         Some(Transmit {
             conn: ConnId(slot as u64),
@@ -633,6 +694,21 @@ impl Client {
         self.reset_slot(slot);
     }
 
+    /// Counts connections closed by the peer right after a response. From the second one on, the
+    /// path is taken to close after every response (tinyproxy does, without saying so): every
+    /// request then goes on a fresh connection and asks for `Connection: close`.
+    fn note_closed_after_response(&mut self) {
+        self.closed_after_response = self.closed_after_response.saturating_add(1);
+        if self.closed_after_response >= 2 {
+            self.endpoint.close_each = true;
+        }
+    }
+
+    /// Whether the path was found to close connections after each response.
+    pub fn uses_fresh_connections(&self) -> bool {
+        self.endpoint.close_each
+    }
+
     fn slot_failed(&mut self, now: Instant, slot: usize) {
         self.close_slot(slot);
         if let Some(rid) = self.rid_on_slot(slot) {
@@ -649,6 +725,12 @@ impl Client {
 
     /// Exchange `rid` failed: its bundle is lost, and so may be the server's answer.
     fn request_lost(&mut self, now: Instant, rid: u64) {
+        self.request_lost_counted(now, rid, true);
+    }
+
+    /// As [`Client::request_lost`]; `counts` says whether it counts as a failed exchange
+    /// towards `max_failures`.
+    fn request_lost_counted(&mut self, now: Instant, rid: u64, counts: bool) {
         let Some(req) = self.finish_exchange(rid) else {
             return;
         };
@@ -659,9 +741,12 @@ impl Client {
         }
         self.add_report(req.rid);
         self.stream.stats.failed_exchanges += 1;
-        if self.is_ended() {
+        // Requests that were outstanding together fail together when a path breaks: they
+        // count as one failure.
+        if self.is_ended() || !counts || req.sent_at < self.last_failure {
             return;
         }
+        self.last_failure = now;
         self.failures += 1;
         if self.failures >= self.config.max_failures {
             self.end(now, Err(SessionError::TimedOut));
@@ -693,7 +778,8 @@ impl Client {
             return;
         };
         // Only the exchange's own slot: free it for the next request first.
-        if response.keep_alive && self.slots[slot].parser.buffered_len() == 0 {
+        let reusable = response.keep_alive && !self.endpoint.close_each;
+        if reusable && self.slots[slot].parser.buffered_len() == 0 {
             self.slots[slot].state = SlotState::Idle;
         } else {
             self.close_slot(slot);
@@ -755,7 +841,7 @@ impl Client {
             return;
         };
         let header = *bundle.header();
-        let controls = match self.stream.process(&bundle) {
+        let controls = match self.stream.process(&bundle, now) {
             Ok(c) => c,
             Err(what) => {
                 self.end(now, Err(SessionError::Protocol(what)));
@@ -795,14 +881,14 @@ impl Client {
                     self.server_max_wait = Duration::from_millis(u64::from(max_wait_ms));
                 }
                 self.phase = Phase::Open;
-                self.events.push_back(Event::Opened);
+                self.emit(Event::Opened);
             }
         }
         if controls.new_data {
-            self.events.push_back(Event::Readable);
+            self.emit(Event::Readable);
         }
         if self.stream.send.take_writable() {
-            self.events.push_back(Event::Writable);
+            self.emit(Event::Writable);
         }
         if let Some((code, reason)) = controls.abort {
             let error = if response.status != 200 && self.phase == Phase::Opening {
@@ -893,6 +979,13 @@ impl Client {
         self.in_flight.remove(i)
     }
 
+    /// Queues an event, unless the final one is out: nothing follows `Closed` or `Failed`.
+    fn emit(&mut self, event: Event) {
+        if !self.final_event_out {
+            self.events.push_back(event);
+        }
+    }
+
     /// Ends the session once, with its final event.
     fn end(&mut self, now: Instant, outcome: Result<(), SessionError>) {
         if self.is_ended() {
@@ -913,7 +1006,8 @@ impl Client {
         for r in &mut self.in_flight {
             r.answer_by = r.answer_by.min(now + rto);
         }
-        self.events.push_back(Event::Readable);
+        self.emit(Event::Readable);
+        self.final_event_out = true;
         self.events.push_back(event);
     }
 }

@@ -26,7 +26,8 @@ pub struct SessionConfig {
     pub wire: WireLimits,
     /// Limits applied when parsing the peer's HTTP messages.
     pub http: HttpLimits,
-    /// A request or response is deemed lost when a bundle sent this much later was delivered.
+    /// A message is deemed lost when one sent this much later (or a round trip later, if
+    /// longer) was delivered first.
     pub reorder_window: Duration,
 }
 
@@ -41,7 +42,7 @@ impl Default for SessionConfig {
             max_out_of_order: 4096,
             wire: WireLimits::default(),
             http: HttpLimits::default(),
-            reorder_window: Duration::from_millis(10),
+            reorder_window: Duration::from_millis(20),
         }
     }
 }

@@ -346,7 +346,15 @@ impl Server {
     /// `conn` closed or failed.
     pub fn handle_closed(&mut self, now: Instant, conn: ConnId) {
         let now = time::advance(&mut self.last_now, now);
-        let Some(c) = self.conns.remove(&conn.0) else {
+        self.release_held(conn);
+        self.conns.remove(&conn.0);
+        self.immediate.retain(|(c, _, _)| *c != conn);
+        let _ = now;
+    }
+
+    /// Drops the request a session holds on `conn`, if any: nothing more will be written there.
+    fn release_held(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get(&conn.0) else {
             return;
         };
         if let ConnState::Held(id) = c.state {
@@ -355,8 +363,6 @@ impl Server {
                 self.touch(id);
             }
         }
-        self.immediate.retain(|(c, _, _)| *c != conn);
-        let _ = now;
     }
 
     fn parse(&mut self, now: Instant, conn: ConnId) {
@@ -373,7 +379,7 @@ impl Server {
             }
             match c.parser.poll() {
                 Ok(Some(request)) => {
-                    c.keep_alive = request.keep_alive && !self.shutting_down;
+                    c.keep_alive = request.keep_alive;
                     self.on_request(now, conn, request);
                 }
                 Ok(None) => {
@@ -590,7 +596,7 @@ impl Server {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        let controls = match s.stream.process(&bundle) {
+        let controls = match s.stream.process(&bundle, now) {
             Ok(c) => c,
             Err(what) => {
                 self.end_session(id, Err(SessionError::Protocol(what)), true);
@@ -601,14 +607,18 @@ impl Server {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
+        // Nothing follows a session's final event.
+        let live = s.outcome.is_none();
         if controls.new_data {
             s.ack_urgent = true;
-            self.events.push_back(ServerEvent {
-                session: id,
-                event: Event::Readable,
-            });
+            if live {
+                self.events.push_back(ServerEvent {
+                    session: id,
+                    event: Event::Readable,
+                });
+            }
         }
-        if s.stream.send.take_writable() {
+        if s.stream.send.take_writable() && live {
             self.events.push_back(ServerEvent {
                 session: id,
                 event: Event::Writable,
@@ -620,9 +630,13 @@ impl Server {
                 s.confirm_open = true;
             }
             for &rid in &controls.unreadable[..controls.unreadable_count] {
-                // The client gave up on that exchange: what its answer carried is lost, and a
-                // request still held for it sits on a dead connection.
+                // The client gave up on that exchange: what its answer carried is lost, a
+                // request still held for it sits on a dead connection, and a copy of it arriving
+                // late (a proxy's retry) must be treated as the duplicate it is.
                 s.stream.send.on_bundle_lost(rid);
+                if rid < header.rid {
+                    s.note_rid(rid);
+                }
                 if let Some(i) = s.held.iter().position(|h| h.rid == rid) {
                     if let Some(h) = s.held.remove(i) {
                         self.conns.remove(&h.conn.0);
@@ -770,6 +784,12 @@ impl Server {
         }
         s.abort_to_send = Some((code, String::from(reason)));
         self.end_session(id, Err(SessionError::LocallyAborted), false);
+    }
+
+    /// Refuses new sessions from now on (`503` with `ABORT SHUTDOWN`); sessions already open
+    /// carry on.
+    pub fn stop_accepting(&mut self) {
+        self.shutting_down = true;
     }
 
     /// Stops accepting sessions and finishes every session's stream, so that clients read EOF
@@ -1176,6 +1196,8 @@ impl Server {
     }
 
     fn respond_text(&mut self, conn: ConnId, status: u16, body: &[u8], len: usize, close: bool) {
+        // The connection's next word is this answer: a request held on it is given up.
+        self.release_held(conn);
         let Some(c) = self.conns.get_mut(&conn.0) else {
             return;
         };

@@ -100,7 +100,8 @@ pub struct Faults {
     pub cut_response: f64,
     /// A response is replaced by a proxy's 502/503 HTML page.
     pub error_page: f64,
-    /// Every link closes after one response (tinyproxy, HTTP/1.0 proxies).
+    /// Every link closes after one response without saying so in its headers (tinyproxy 1.11
+    /// strips `Connection: close`).
     pub close_after_response: bool,
 }
 
@@ -233,10 +234,24 @@ impl AppSide {
 
 #[derive(Debug)]
 enum Delivery {
-    ToServer { link: u64, bytes: Vec<u8> },
-    ServerClosed { link: u64 },
-    ToClient { link: u64, bytes: Vec<u8> },
-    ClientClosed { link: u64 },
+    /// The request's last byte left the client.
+    Sent {
+        link: u64,
+    },
+    ToServer {
+        link: u64,
+        bytes: Vec<u8>,
+    },
+    ServerClosed {
+        link: u64,
+    },
+    ToClient {
+        link: u64,
+        bytes: Vec<u8>,
+    },
+    ClientClosed {
+        link: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -629,6 +644,8 @@ impl Sim {
         }
         let f = self.config.faults.clone();
         let at = self.arrival(bytes.len(), true);
+        let sent = at - self.config.latency;
+        self.schedule(sent.max(self.now), Delivery::Sent { link });
         if self.rng.chance(f.hang_request) {
             if let Some(l) = self.links.get_mut(&link) {
                 l.hung = true;
@@ -764,10 +781,6 @@ impl Sim {
             self.close_server_side(link, at);
             return;
         }
-        if f.close_after_response {
-            // Such proxies announce it, as tinyproxy does.
-            bytes = announce_close(&bytes);
-        }
         if self.rng.chance(f.corrupt_response) {
             flip_body_byte(&mut self.rng, &mut bytes);
         }
@@ -811,6 +824,7 @@ impl Sim {
     fn deliver(&mut self, d: Delivery) {
         let now = self.now;
         self.log(|| match &d {
+            Delivery::Sent { link } => format!("link {link} request sent"),
             Delivery::ToServer { link, bytes } => {
                 format!(
                     "link {link} -> server: {} ({} bytes)",
@@ -829,6 +843,20 @@ impl Sim {
             Delivery::ServerClosed { link } => format!("link {link} closed by server side"),
         });
         match d {
+            Delivery::Sent { link } => {
+                let Some(l) = self.links.get(&link) else {
+                    return;
+                };
+                let (client, slot) = (l.client, l.slot);
+                if self
+                    .clients
+                    .get(client)
+                    .and_then(|c| c.slot_links.get(&slot))
+                    == Some(&link)
+                {
+                    self.clients[client].core.handle_sent(now, ConnId(slot));
+                }
+            }
             Delivery::ToServer { link, bytes } => {
                 let Some(l) = self.links.get_mut(&link) else {
                     return;
@@ -1011,25 +1039,6 @@ fn flip_body_byte(rng: &mut SimRng, bytes: &mut [u8]) {
         rng.below(bytes.len() as u64) as usize
     };
     bytes[at] ^= 1 << rng.below(8);
-}
-
-/// Rewrites a response head's `Connection: keep-alive` to `Connection: close`.
-fn announce_close(bytes: &[u8]) -> Vec<u8> {
-    let needle = b"Connection: keep-alive";
-    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
-    match bytes[..head_end]
-        .windows(needle.len())
-        .position(|w| w == needle)
-    {
-        Some(at) => {
-            let mut out = Vec::with_capacity(bytes.len());
-            out.extend_from_slice(&bytes[..at]);
-            out.extend_from_slice(b"Connection: close");
-            out.extend_from_slice(&bytes[at + needle.len()..]);
-            out
-        }
-        None => bytes.to_vec(),
-    }
 }
 
 /// A deterministic pseudo-random payload of `len` bytes.

@@ -28,6 +28,10 @@ use crate::wire::{
 
 /// Bytes charged per out-of-order entry on top of its payload, for bookkeeping memory.
 const OUT_OF_ORDER_ENTRY_COST: usize = 64;
+/// How far beyond the cumulative acknowledgement a sequence number may be. A sender keeps at
+/// most its send buffer unacknowledged, so this is never reached by a well-behaved peer, and it
+/// keeps every sequence computation far from overflow.
+const MAX_SEQ_AHEAD: u64 = 1 << 40;
 /// Most `UNREADABLE` reports taken from one bundle.
 pub(crate) const MAX_REPORTS: usize = 16;
 
@@ -366,9 +370,10 @@ impl SendQueue {
         }
     }
 
-    /// Applies the peer's acknowledgement.
+    /// Applies the peer's acknowledgement, arriving at `now`.
     pub(crate) fn on_ack(
         &mut self,
+        now: Instant,
         ack: u64,
         sacks: impl Iterator<Item = SackRange>,
         window: u32,
@@ -418,9 +423,14 @@ impl SendQueue {
                 self.delivered_sent_at = Some(n);
             }
         }
-        // RACK: a message sent more than the reorder window before one already delivered is
-        // not coming.
-        if let Some(horizon) = self.delivered_sent_at.map(|d| d - reorder_window) {
+        // RACK (RFC 8985): a message sent more than the reorder window before one already
+        // delivered is not coming. Parallel connections through a busy proxy reorder by far
+        // more than TCP's quarter round trip, so the window is a whole round trip (of the
+        // message just delivered), at least `reorder_window`.
+        let window = newest.map_or(reorder_window, |sent| {
+            reorder_window.max(now.saturating_duration_since(sent))
+        });
+        if let Some(horizon) = self.delivered_sent_at.map(|d| d - window) {
             for (i, entry) in self.entries.iter_mut().enumerate() {
                 if !entry.acked && !entry.lost && entry.sent_at < horizon {
                     entry.lost = true;
@@ -522,6 +532,9 @@ impl RecvQueue {
         if seq < self.next || self.out_of_order.contains_key(&seq) {
             return Ok(false);
         }
+        if seq - self.next >= MAX_SEQ_AHEAD {
+            return Err("message sequence number out of range");
+        }
         if matches!(self.fin_seq, Some(f) if seq >= f) {
             return Err("message after the end of the stream");
         }
@@ -555,6 +568,9 @@ impl RecvQueue {
         }
         if seq < self.next {
             return Err("end of stream inside received data");
+        }
+        if seq - self.next >= MAX_SEQ_AHEAD {
+            return Err("end of stream sequence number out of range");
         }
         if self.out_of_order.range(seq..).next().is_some() {
             return Err("end of stream before received data");
@@ -738,11 +754,17 @@ impl Stream {
         debug_assert_eq!(buf.len() - start, planned.len);
     }
 
-    /// Applies a received bundle: acknowledgements, messages and control frames.
-    pub(crate) fn process(&mut self, bundle: &Bundle) -> Result<ReceivedControls, &'static str> {
+    /// Applies a received bundle, arriving at `now`: acknowledgements, messages and control
+    /// frames.
+    pub(crate) fn process(
+        &mut self,
+        bundle: &Bundle,
+        now: Instant,
+    ) -> Result<ReceivedControls, &'static str> {
         let header = bundle.header();
         let mut controls = ReceivedControls::default();
         self.send.on_ack(
+            now,
             header.ack,
             bundle.sacks(),
             header.window,

@@ -67,8 +67,7 @@ fn wan20_one_way_within_10_percent_of_ideal() {
 
 #[test]
 fn wan80_both_ways_at_once() {
-    // Bounded by how upload bundles queue ahead of re-parking requests on the shared uplink.
-    assert_within(bulk(80, 50, 16 << 20, 16 << 20), 1.5, "wan80 both ways");
+    assert_within(bulk(80, 50, 16 << 20, 16 << 20), 1.15, "wan80 both ways");
 }
 
 #[test]

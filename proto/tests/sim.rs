@@ -102,6 +102,8 @@ fn lossless_interactive_traffic_always_finds_a_held_request() {
 
 #[test]
 fn tinyproxy_style_close_after_every_response() {
+    // The proxy closes every connection after its response without saying so: the client loses
+    // the keep-alive race at most twice, then uses a fresh connection per request.
     let mut sim = Sim::new(
         SimConfig {
             faults: Faults {
@@ -112,11 +114,16 @@ fn tinyproxy_style_close_after_every_response() {
         },
         client_config(),
         server_config(),
-        workload(1 << 20, 1 << 20, 3),
+        workload(4 << 20, 4 << 20, 3),
         1,
     );
     assert_clean_transfer(&mut sim);
-    assert_eq!(sim.clients[0].core.stats().messages_resent, 0);
+    let c = &sim.clients[0].core;
+    assert!(c.uses_fresh_connections());
+    let stats = c.stats();
+    assert!(stats.failed_exchanges <= 2, "{stats:?}");
+    // At most the two raced bundles are resent (16 messages of 64 KiB each).
+    assert!(stats.messages_resent <= 32, "{stats:?}");
 }
 
 #[test]

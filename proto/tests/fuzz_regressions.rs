@@ -1,0 +1,255 @@
+//! Inputs found by the fuzz targets (`fuzz/`), reduced to the public API.
+//!
+//! Each test names the target that found it. They drive the cores by hand, with bundles built
+//! by `BundleEncoder` and heads by `http::encode_*_head`, so they keep their meaning when the
+//! fuzz harness changes.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use holdwire_proto::http::{self, HttpLimits, RequestParser, ResponseParser};
+use holdwire_proto::sim::SimRng;
+use holdwire_proto::url::Url;
+use holdwire_proto::wire::{self, BundleEncoder, Frame, Header, WireLimits};
+use holdwire_proto::{
+    AbortCode, Client, ClientConfig, ConnId, Endpoint, Event, Instant, Server, ServerConfig,
+    SessionId,
+};
+
+fn at(ms: u64) -> Instant {
+    Instant::from_micros(1_000_000 + ms * 1000)
+}
+
+const SID: SessionId = SessionId([0x5a; 16]);
+
+fn client(config: ClientConfig) -> Client {
+    let url = Url::parse("http://sim.invalid:8080/hw").unwrap();
+    Client::new(
+        config,
+        Endpoint::new(&url, SID, None),
+        SID,
+        [0xa5; 16],
+        at(0),
+    )
+}
+
+/// The client's next request: (slot, the whole HTTP request, its bundle).
+fn next_request(c: &mut Client, now: Instant) -> (ConnId, Vec<u8>, wire::Bundle) {
+    let mut buf = Vec::new();
+    let t = c
+        .poll_transmit(now, &mut buf)
+        .expect("the client has a request to send");
+    let mut p = RequestParser::new(HttpLimits::default());
+    p.push(&buf).unwrap();
+    let request = p.poll().unwrap().expect("one whole request");
+    let bundle =
+        wire::decode(request.body, &WireLimits::default()).expect("request bundle decodes");
+    (t.conn, buf, bundle)
+}
+
+/// One past the highest MESSAGE or FIN sequence number in a bundle.
+fn next_seq(bundle: &wire::Bundle) -> u64 {
+    bundle
+        .frames()
+        .filter_map(|f| match f {
+            Frame::Message { seq, .. } | Frame::Fin { seq } => Some(seq + 1),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// A `200 OK` carrying a response bundle of `SID` built by `frames`.
+fn response(rid: u64, ack: u64, frames: impl FnOnce(&mut BundleEncoder<'_>)) -> Vec<u8> {
+    let header = Header {
+        response: true,
+        session: SID,
+        rid,
+        ack,
+        window: 1 << 20,
+        hold: 1,
+        held_us: 0,
+    };
+    let mut body = Vec::new();
+    let mut enc = BundleEncoder::new(&mut body, &header, &[], 0);
+    frames(&mut enc);
+    enc.finish_untagged();
+    let mut out = Vec::new();
+    http::encode_response_head(&mut out, 200, body.len(), false, false);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A POST of a request bundle of `SID` built by `frames`.
+fn request(rid: u64, frames: impl FnOnce(&mut BundleEncoder<'_>)) -> Vec<u8> {
+    let header = Header {
+        response: false,
+        session: SID,
+        rid,
+        ack: 0,
+        window: 1 << 20,
+        hold: 1,
+        held_us: 0,
+    };
+    let mut body = Vec::new();
+    let mut enc = BundleEncoder::new(&mut body, &header, &[], 0);
+    frames(&mut enc);
+    enc.finish_untagged();
+    let mut out = Vec::new();
+    let mut hex = [0u8; 32];
+    SID.write_hex(&mut hex);
+    http::encode_request_head(
+        &mut out,
+        &http::RequestHead {
+            target: http::RequestTarget::Origin {
+                path: &format!("/{}", std::str::from_utf8(&hex).unwrap()),
+            },
+            host: "sim.invalid",
+            proxy_authorization: None,
+            content_length: body.len(),
+            close: false,
+        },
+    );
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Every response the server writes now: (connection, status, body, close_after).
+fn responses(s: &mut Server, now: Instant) -> Vec<(ConnId, u16, Bytes, bool)> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    while let Some(t) = s.poll_transmit(now, &mut buf) {
+        let mut p = ResponseParser::new(HttpLimits::default());
+        p.push(&buf[..t.len]).unwrap();
+        if let Some(r) = p.poll().unwrap() {
+            out.push((t.conn, r.status, r.body, t.close_after));
+        }
+        buf.clear();
+    }
+    out
+}
+
+/// Found by `client_session`: a response that acknowledges data after the application
+/// aborted made the client report `Writable` after its final `Failed` event. `Closed` and
+/// `Failed` are final (`error.rs`, STYLE.md section 6): nothing may follow them.
+#[test]
+fn client_reports_nothing_after_its_final_event() {
+    let mut config = ClientConfig::default();
+    config.session.send_buffer = 1000;
+    let mut c = client(config);
+    assert_eq!(c.write(&[7; 3000]), Ok(1000), "the write is cut short");
+    let (slot, _, req) = next_request(&mut c, at(0));
+    assert!(next_seq(&req) > 0, "the opening request carries the data");
+
+    c.abort(at(1), AbortCode::APPLICATION, "bye");
+    let mut events = Vec::new();
+    while let Some(e) = c.poll_event() {
+        events.push(e);
+    }
+    assert!(
+        matches!(events.last(), Some(Event::Failed(_))),
+        "{events:?}"
+    );
+
+    // The server's answer to the opening request acknowledges the data: room appears in the
+    // send buffer of a session that has already ended.
+    let answer = response(1, next_seq(&req), |enc| enc.open(&[1; 16], 2000));
+    c.handle_bytes(at(2), slot, &answer);
+    let mut buf = Vec::new();
+    while c.poll_transmit(at(2), &mut buf).is_some() {}
+    assert_eq!(c.poll_event(), None, "an event after the final Failed");
+}
+
+/// Found by `client_session`: a FIN (or MESSAGE) at sequence number `u64::MAX` is kept out of
+/// order, and the next SACK range computed for it overflows in `RecvQueue::sacks`
+/// (`seq + 1`): a panic with overflow checks, a range `[u64::MAX, 0)` that the peer rejects as
+/// `BadSackRange` without. Peer-supplied numbers need checked arithmetic (STYLE.md 6).
+#[test]
+fn client_survives_a_sequence_number_at_u64_max() {
+    let mut c = client(ClientConfig::default());
+    let (slot, _, req) = next_request(&mut c, at(0));
+    let answer = response(1, next_seq(&req), |enc| {
+        enc.open(&[1; 16], 2000);
+        enc.fin(u64::MAX);
+    });
+    c.handle_bytes(at(1), slot, &answer);
+    // Whatever the client makes of it (ignore the frame, or fail the session), its next
+    // request, if any, must be well-formed.
+    let mut buf = Vec::new();
+    while let Some(t) = c.poll_transmit(at(1), &mut buf) {
+        let mut p = RequestParser::new(HttpLimits::default());
+        p.push(&buf[..t.len]).unwrap();
+        let body = p.poll().unwrap().unwrap().body;
+        wire::decode(body, &WireLimits::default()).expect("the client's request decodes");
+        buf.clear();
+    }
+}
+
+/// Found by `server_endpoint`: the same overflow on the server, from a MESSAGE at
+/// `u64::MAX` in an opening request; the server's answer must still be a valid bundle.
+#[test]
+fn server_survives_a_sequence_number_at_u64_max() {
+    let mut s = Server::new(ServerConfig::default(), Box::new(SimRng::new(1)));
+    let conn = s.handle_accept(at(0)).unwrap();
+    s.handle_bytes(
+        at(0),
+        conn,
+        &request(1, |enc| {
+            enc.open(&[2; 16], 0);
+            enc.message(u64::MAX, b"x");
+        }),
+    );
+    for (_, status, body, _) in responses(&mut s, at(0)) {
+        assert_eq!(status, 200);
+        wire::decode(body, &WireLimits::default()).expect("the server's answer decodes");
+    }
+}
+
+/// Found by `server_endpoint`: a request is held on a connection, then the same connection
+/// sends bytes that are not HTTP. The server answers them with `400` and `close_after`, and
+/// forgets the connection, but the session still holds the first request on it: when it is
+/// answered (here at `max_wait`), the server writes a `200` on the connection it already told
+/// the driver to close (and, had the driver kept it, after the `400`: responses out of order).
+/// `refuse` (or `handle_bytes`) must drop the session's held request for that connection, as
+/// `handle_closed` does.
+#[test]
+fn server_never_writes_on_a_connection_it_closed() {
+    let config = ServerConfig {
+        max_wait: Duration::from_secs(2),
+        ..ServerConfig::default()
+    };
+    let max_wait = config.max_wait;
+    let mut s = Server::new(config, Box::new(SimRng::new(1)));
+    let conn = s.handle_accept(at(0)).unwrap();
+    s.handle_bytes(at(0), conn, &request(1, |enc| enc.open(&[2; 16], 0)));
+    let opened = responses(&mut s, at(0));
+    assert_eq!(opened.len(), 1, "the open is confirmed at once");
+    assert!(!opened[0].3);
+
+    // Request 2 carries nothing: the session holds it.
+    s.handle_bytes(at(1), conn, &request(2, |_| {}));
+    assert!(responses(&mut s, at(1)).is_empty(), "request 2 is held");
+    assert_eq!(s.held_requests(SID), 1);
+
+    // Garbage on the same connection: 400, close after.
+    s.handle_bytes(at(2), conn, b"\x16\x03\x01 not http at all\r\n\r\n");
+    let refused = responses(&mut s, at(2));
+    assert_eq!(refused.len(), 1);
+    assert_eq!(
+        (refused[0].0, refused[0].1, refused[0].3),
+        (conn, 400, true)
+    );
+
+    // From now on nothing may be written on `conn`.
+    let later = at(2) + max_wait + Duration::from_millis(10);
+    s.handle_timeout(later);
+    let written: Vec<_> = responses(&mut s, later)
+        .into_iter()
+        .filter(|r| r.0 == conn)
+        .map(|r| r.1)
+        .collect();
+    assert!(
+        written.is_empty(),
+        "the server wrote {written:?} on {conn:?} after closing it"
+    );
+}
