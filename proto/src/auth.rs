@@ -75,6 +75,11 @@ impl Key {
         ))
     }
 
+    /// The token itself as a key (for one-shot proofs such as the direct handshake's).
+    pub(crate) fn from_token(token: &Token) -> Key {
+        Key(hmac(&token.0, &[b"holdwire-v1 proof key"]))
+    }
+
     /// Fills `out` (up to 32 bytes) with the tag of `data`.
     pub(crate) fn sign(&self, data: &[u8], out: &mut [u8]) {
         let full = hmac(&self.0, &[data]);

@@ -470,7 +470,7 @@ impl Client {
     /// Timers: call at or after the instant [`Client::poll_timeout`] returned.
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = time::advance(&mut self.last_now, now);
-        if !self.is_ended() && now >= self.last_heard + self.config.silence_timeout {
+        if !self.is_ended() && now >= self.silence_deadline() {
             self.end(now, Err(SessionError::TimedOut));
         }
         if self.retry_at.is_some_and(|t| t <= now) {
@@ -510,7 +510,7 @@ impl Client {
         let mut next: Option<Instant> = None;
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         if !self.is_ended() {
-            consider(self.last_heard + self.config.silence_timeout);
+            consider(self.silence_deadline());
         }
         if let Some(t) = self.retry_at {
             consider(t);
@@ -977,6 +977,17 @@ impl Client {
     fn finish_exchange(&mut self, rid: u64) -> Option<InFlight> {
         let i = self.in_flight.iter().position(|r| r.rid == rid)?;
         self.in_flight.remove(i)
+    }
+
+    /// When the session fails for want of an answer: `open_timeout` while opening (counted from
+    /// creation), `silence_timeout` after the last valid response once open.
+    fn silence_deadline(&self) -> Instant {
+        match self.phase {
+            Phase::Opening => {
+                self.last_heard + self.config.open_timeout.min(self.config.silence_timeout)
+            }
+            _ => self.last_heard + self.config.silence_timeout,
+        }
     }
 
     /// Queues an event, unless the final one is out: nothing follows `Closed` or `Failed`.

@@ -70,6 +70,8 @@ pub struct ClientConfig {
     pub assumed_max_wait: Duration,
     /// The session fails after this long without a valid response.
     pub silence_timeout: Duration,
+    /// Opening fails after this long without the server's confirmation.
+    pub open_timeout: Duration,
     /// The session fails after this many failed exchanges in a row.
     pub max_failures: u32,
     /// Delay before sending a new request after a response, to gather more data (0: none).
@@ -92,6 +94,7 @@ impl Default for ClientConfig {
             max_rto: Duration::from_secs(10),
             assumed_max_wait: Duration::from_secs(20),
             silence_timeout: Duration::from_secs(60),
+            open_timeout: Duration::from_secs(20),
             max_failures: 12,
             coalesce_delay: Duration::ZERO,
             close_attempts: 8,

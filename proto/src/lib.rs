@@ -62,6 +62,7 @@ extern crate alloc;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod direct;
 pub mod error;
 pub mod http;
 pub mod options;
