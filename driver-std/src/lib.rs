@@ -92,6 +92,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+use holdwire_proto::{direct, Token};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -260,12 +261,15 @@ impl Stream {
             return Err(unsupported_https());
         }
         if let Some(direct) = &options.direct {
-            match connect_direct(direct, options.direct_timeout) {
+            let token = options.protocol.token.as_ref();
+            match connect_direct(direct, options.direct_timeout, token) {
                 Ok(sock) => {
                     return Ok(Stream {
                         inner: Inner::Tcp(sock),
                     })
                 }
+                // A holdwire server that refuses our token will refuse it over HTTP too.
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(e),
                 Err(e) => log!("direct connection to {direct} failed ({e}); using HTTP"),
             }
         }
@@ -462,8 +466,57 @@ fn check_timeout(timeout: Option<Duration>) -> io::Result<()> {
     Ok(())
 }
 
+/// Plain TCP to `addr` (all of its addresses) and the direct handshake, within `timeout` in
+/// total. A far end that is not a holdwire server is an error of kind `InvalidData`; a token
+/// mismatch one of kind `PermissionDenied`.
+fn connect_direct(addr: &str, timeout: Duration, token: Option<&Token>) -> io::Result<TcpStream> {
+    let until = StdInstant::now() + timeout;
+    let sock = connect_direct_tcp(addr, timeout)?;
+    let left = until.saturating_duration_since(StdInstant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "direct connect timed out",
+        ));
+    }
+    direct_client_handshake(&sock, left, token)?;
+    Ok(sock)
+}
+
+fn direct_client_handshake(
+    sock: &TcpStream,
+    timeout: Duration,
+    token: Option<&Token>,
+) -> io::Result<()> {
+    let mut sock = sock;
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(io::Error::other)?;
+    sock.set_read_timeout(Some(timeout))?;
+    sock.write_all(&direct::client_hello(&nonce, token.is_some()))?;
+    let mut hello = [0u8; direct::SERVER_HELLO_LEN];
+    sock.read_exact(&mut hello).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => {
+            io::Error::new(io::ErrorKind::InvalidData, direct::DirectError::NotHoldwire)
+        }
+        _ => e,
+    })?;
+    let server_nonce = direct::check_server_hello(token, &nonce, &hello).map_err(|e| {
+        let kind = match e {
+            direct::DirectError::NotHoldwire | direct::DirectError::Refused => {
+                io::ErrorKind::InvalidData
+            }
+            _ => io::ErrorKind::PermissionDenied,
+        };
+        io::Error::new(kind, e)
+    })?;
+    if let Some(token) = token {
+        sock.write_all(&direct::client_proof(token, &nonce, &server_nonce))?;
+    }
+    sock.set_read_timeout(None)
+}
+
 /// Plain TCP to `addr`, all of its addresses within `timeout` in total.
-fn connect_direct(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
+fn connect_direct_tcp(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
     let until = StdInstant::now() + timeout;
     let mut last = io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing");
     for a in addr.to_socket_addrs()? {

@@ -30,6 +30,7 @@ use std::thread;
 use std::time::{Duration, Instant as StdInstant};
 
 use holdwire_proto::time::Clock;
+use holdwire_proto::{direct, Token};
 use holdwire_proto::{
     AbortCode, ConnId, Entropy, Event, Instant, ReadError, Server, ServerConfig, ServerEvent,
     ServerStats, SessionError, SessionId, Stats, WriteError,
@@ -151,6 +152,7 @@ pub(crate) fn start(
 ) -> io::Result<Arc<ServerShared>> {
     let local = http.local_addr()?;
     let direct_local = direct.as_ref().map(TcpListener::local_addr).transpose()?;
+    let token = config.token.clone();
     let (inbox, rx) = mpsc::sync_channel(INBOX);
     let shared = Arc::new(ServerShared {
         state: Mutex::new(ServerState {
@@ -195,7 +197,7 @@ pub(crate) fn start(
     }
     if let Some(direct) = direct {
         let s = shared.clone();
-        if let Err(e) = spawn("holdwire-accept-tcp").spawn(move || direct_loop(direct, s)) {
+        if let Err(e) = spawn("holdwire-accept-tcp").spawn(move || direct_loop(direct, s, token)) {
             close_listener(&shared);
             return Err(e);
         }
@@ -225,7 +227,10 @@ fn accept_loop(listener: TcpListener, inbox: SyncSender<Inbox>, stop: Arc<Atomic
     }
 }
 
-fn direct_loop(listener: TcpListener, shared: Arc<ServerShared>) {
+/// How long a direct client may take over its handshake.
+const DIRECT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn direct_loop(listener: TcpListener, shared: Arc<ServerShared>, token: Option<Token>) {
     loop {
         {
             let Ok(mut st) = shared.lock() else { return };
@@ -241,18 +246,52 @@ fn direct_loop(listener: TcpListener, shared: Arc<ServerShared>) {
         }
         match listener.accept() {
             Ok((sock, addr)) => {
-                let Ok(mut st) = shared.lock() else { return };
-                if !st.listener_open {
-                    return;
-                }
                 let _ = sock.set_nodelay(true);
-                st.backlog.push_back(Pending::Tcp(sock, addr));
-                st.tcp_backlog += 1;
-                shared.accept_cv.notify_one();
+                // The handshake runs on its own thread, so a slow client holds up nobody.
+                let shared = shared.clone();
+                let token = token.clone();
+                let spawned = thread::Builder::new()
+                    .name("holdwire-direct".into())
+                    .stack_size(THREAD_STACK)
+                    .spawn(move || match direct_handshake(&sock, token.as_ref()) {
+                        Ok(()) => {
+                            let Ok(mut st) = shared.lock() else { return };
+                            if st.listener_open {
+                                st.backlog.push_back(Pending::Tcp(sock, addr));
+                                st.tcp_backlog += 1;
+                                shared.accept_cv.notify_one();
+                            }
+                        }
+                        Err(e) => log!("direct connection from {addr} refused: {e}"),
+                    });
+                if let Err(e) = spawned {
+                    log!("direct connection dropped: {e}");
+                }
             }
             Err(e) => accept_error(e),
         }
     }
+}
+
+/// The server's side of the direct handshake (`holdwire_proto::direct`).
+fn direct_handshake(sock: &TcpStream, token: Option<&Token>) -> io::Result<()> {
+    use std::io::{Read, Write};
+    let mut sock = sock;
+    sock.set_read_timeout(Some(DIRECT_HANDSHAKE_TIMEOUT))?;
+    let mut hello = [0u8; direct::CLIENT_HELLO_LEN];
+    sock.read_exact(&mut hello)?;
+    let mut server_nonce = [0u8; 16];
+    getrandom::fill(&mut server_nonce).map_err(io::Error::other)?;
+    let (verdict, reply) = direct::server_hello(token, &hello, &server_nonce, true);
+    sock.write_all(&reply)?;
+    let client_nonce = verdict.map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
+    if let Some(token) = token {
+        let mut proof = [0u8; direct::PROOF_LEN];
+        sock.read_exact(&mut proof)?;
+        direct::check_client_proof(token, &client_nonce, &server_nonce, &proof)
+            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
+    }
+    sock.set_read_timeout(None)
 }
 
 fn accept_error(e: io::Error) {

@@ -244,3 +244,56 @@ fn fallback_to_http_when_the_direct_port_drops_syns() {
     println!("direct port black-holed: on HTTP after {took:.2?} (direct_timeout {timeout:?})");
     assert!(took >= timeout, "{took:?}");
 }
+
+#[test]
+fn fallback_to_http_when_a_middlebox_answers_the_direct_port() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    // Some networks intercept every outgoing connection and answer it themselves (these
+    // machines do, with a 404 page): the direct handshake must see through it.
+    let interceptor = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = interceptor.local_addr().unwrap();
+    thread::spawn(move || {
+        for sock in interceptor.incoming().take(4) {
+            let Ok(mut sock) = sock else { continue };
+            let mut buf = [0u8; 256];
+            let _ = sock.read(&mut buf);
+            let _ = sock.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found",
+            );
+        }
+    });
+    let took = assert_falls_back(addr, Duration::from_secs(2));
+    println!("direct port intercepted: on HTTP after {took:.2?}");
+}
+
+#[test]
+fn direct_port_refuses_a_wrong_token() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    let config = ServerConfig {
+        token: Some(holdwire_std::proto::Token::new(b"right")),
+        ..ServerConfig::default()
+    };
+    let l = Listener::bind_with_direct("127.0.0.1:0", "127.0.0.1:0", config).unwrap();
+    let url = format!("http://{}/", l.local_addr().unwrap());
+    let direct = l.direct_addr().unwrap().to_string();
+    let mut options = ClientOptions::new(&url).unwrap().direct(&direct);
+    options.protocol.token = Some(holdwire_std::proto::Token::new(b"wrong"));
+    let err = Stream::connect(options).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(
+        l.accept_timeout(Duration::from_millis(500)).is_err(),
+        "nothing was handed to the application"
+    );
+    // The right token takes the direct path.
+    let mut options = ClientOptions::new(&url).unwrap().direct(&direct);
+    options.protocol.token = Some(holdwire_std::proto::Token::new(b"right"));
+    let client = Stream::connect(options).unwrap();
+    assert!(client.is_direct());
+    let (server, _) = l.accept_timeout(Duration::from_secs(10)).unwrap();
+    thread::spawn(move || common::echo(server));
+    ping_pong(&client, 3).unwrap();
+}
