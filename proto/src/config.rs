@@ -121,6 +121,9 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Most HTTP connections at once; further connections are refused.
     pub max_connections: usize,
+    /// Most bytes all connections together may buffer for requests still arriving (each one
+    /// is also bounded by `session.http`); past it, further bytes get `503` and a close.
+    pub max_request_memory: usize,
     /// A connection must deliver a whole request within this long once it started one.
     pub request_timeout: Duration,
     /// An idle keep-alive connection is closed after this long.
@@ -143,6 +146,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             max_sessions: 10_000,
             max_connections: 40_000,
+            max_request_memory: 256 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             keep_alive_timeout: Duration::from_secs(120),
             linger: Duration::from_secs(60),

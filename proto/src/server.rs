@@ -214,6 +214,8 @@ pub struct Server {
     stats: ServerStats,
     shutting_down: bool,
     last_now: Instant,
+    /// Sum of the connections' parser buffers.
+    request_memory: usize,
 }
 
 impl core::fmt::Debug for Server {
@@ -251,6 +253,7 @@ impl Server {
             stats: ServerStats::default(),
             shutting_down: false,
             last_now: Instant::ZERO,
+            request_memory: 0,
         }
     }
 
@@ -331,7 +334,17 @@ impl Server {
         if c.parser.buffered_len() == 0 && c.state == ConnState::Reading {
             c.since = now;
         }
-        if let Err(e) = c.parser.push(data) {
+        // All connections together may buffer at most `max_request_memory` of requests still
+        // arriving: past it, this connection is refused and the others carry on.
+        let before = c.parser.buffered_len();
+        if self.request_memory + data.len() > self.config.max_request_memory {
+            self.refuse(conn, 503, "server busy: request memory exhausted", true);
+            return;
+        }
+        let pushed = c.parser.push(data);
+        let after = c.parser.buffered_len();
+        self.request_memory = self.request_memory + after - before;
+        if let Err(e) = pushed {
             self.refuse(
                 conn,
                 e.status(),
@@ -347,9 +360,21 @@ impl Server {
     pub fn handle_closed(&mut self, now: Instant, conn: ConnId) {
         let now = time::advance(&mut self.last_now, now);
         self.release_held(conn);
-        self.conns.remove(&conn.0);
+        self.drop_conn(conn.0);
         self.immediate.retain(|(c, _, _)| *c != conn);
         let _ = now;
+    }
+
+    /// Forgets connection `id` and what its parser buffered.
+    fn drop_conn(&mut self, id: u64) {
+        if let Some(c) = self.conns.remove(&id) {
+            self.request_memory -= c.parser.buffered_len();
+        }
+    }
+
+    /// Bytes buffered for requests still arriving, over all connections.
+    pub fn request_memory(&self) -> usize {
+        self.request_memory
     }
 
     /// Drops the request a session holds on `conn`, if any: nothing more will be written there.
@@ -377,7 +402,11 @@ impl Server {
                 self.immediate
                     .push_back((conn, b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(), false));
             }
-            match c.parser.poll() {
+            let before = c.parser.buffered_len();
+            let polled = c.parser.poll();
+            let after = c.parser.buffered_len();
+            self.request_memory = self.request_memory + after - before;
+            match polled {
                 Ok(Some(request)) => {
                     c.keep_alive = request.keep_alive;
                     self.on_request(now, conn, request);
@@ -588,7 +617,7 @@ impl Server {
             s.stream.send.on_bundle_lost(header.rid);
             if let Some(i) = s.held.iter().position(|h| h.rid == header.rid) {
                 if let Some(h) = s.held.remove(i) {
-                    self.conns.remove(&h.conn.0);
+                    self.drop_conn(h.conn.0);
                     self.closes.push_back(h.conn);
                 }
             }
@@ -625,6 +654,7 @@ impl Server {
             });
         }
         if fresh {
+            let mut dead = Vec::new();
             s.hold = header.hold.clamp(1, max_hold);
             if controls.open.is_some() && s.outcome.is_none() {
                 s.confirm_open = true;
@@ -639,10 +669,13 @@ impl Server {
                 }
                 if let Some(i) = s.held.iter().position(|h| h.rid == rid) {
                     if let Some(h) = s.held.remove(i) {
-                        self.conns.remove(&h.conn.0);
-                        self.closes.push_back(h.conn);
+                        dead.push(h.conn);
                     }
                 }
+            }
+            for conn in dead {
+                self.drop_conn(conn.0);
+                self.closes.push_back(conn);
             }
             if let Some((code, reason)) = controls.abort {
                 self.end_session(id, Err(SessionError::Aborted { code, reason }), false);
@@ -872,7 +905,7 @@ impl Server {
                         if c.parser.buffered_len() > 0 {
                             self.refuse(ConnId(cid), 408, "request too slow", true);
                         } else {
-                            self.conns.remove(&cid);
+                            self.drop_conn(cid);
                             self.closes.push_back(ConnId(cid));
                         }
                     }
@@ -1096,7 +1129,7 @@ impl Server {
     /// The connection's response is written: read its next request, or forget it.
     fn after_response(&mut self, conn: ConnId, close_after: bool) {
         if close_after {
-            self.conns.remove(&conn.0);
+            self.drop_conn(conn.0);
             return;
         }
         let Some(c) = self.conns.get_mut(&conn.0) else {
@@ -1126,11 +1159,14 @@ impl Server {
             Err(e) => Event::Failed(e.clone()),
         };
         s.outcome = Some(outcome);
-        self.events.push_back(ServerEvent {
-            session: id,
-            event: Event::Readable,
-        });
-        self.events.push_back(ServerEvent { session: id, event });
+        // The application hears nothing of a session it was never told of (an unproven open).
+        if s.announced {
+            self.events.push_back(ServerEvent {
+                session: id,
+                event: Event::Readable,
+            });
+            self.events.push_back(ServerEvent { session: id, event });
+        }
         self.touch(id);
     }
 

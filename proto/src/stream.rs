@@ -26,8 +26,6 @@ use crate::wire::{
     MESSAGE_OVERHEAD, NONCE_LEN,
 };
 
-/// Bytes charged per out-of-order entry on top of its payload, for bookkeeping memory.
-const OUT_OF_ORDER_ENTRY_COST: usize = 64;
 /// How far beyond the cumulative acknowledgement a sequence number may be. A sender keeps at
 /// most its send buffer unacknowledged, so this is never reached by a well-behaved peer, and it
 /// keeps every sequence computation far from overflow.
@@ -485,7 +483,8 @@ pub(crate) struct RecvQueue {
     ready_len: usize,
     /// Out-of-order messages; an empty payload marks the FIN.
     out_of_order: BTreeMap<u64, Bytes>,
-    out_of_order_cost: usize,
+    /// Payload bytes held out of order.
+    out_of_order_bytes: usize,
     fin_seq: Option<u64>,
     cap: usize,
     max_out_of_order: usize,
@@ -500,7 +499,7 @@ impl RecvQueue {
             ready: VecDeque::new(),
             ready_len: 0,
             out_of_order: BTreeMap::new(),
-            out_of_order_cost: 0,
+            out_of_order_bytes: 0,
             fin_seq: None,
             cap,
             max_out_of_order,
@@ -523,8 +522,10 @@ impl RecvQueue {
         matches!(self.fin_seq, Some(s) if s < self.next)
     }
 
+    /// Payload bytes held: never more than the receive buffer. (Out-of-order bookkeeping adds
+    /// at most `max_out_of_order` small entries on top.)
     pub(crate) fn buffered(&self) -> usize {
-        self.ready_len + self.out_of_order_cost
+        self.ready_len + self.out_of_order_bytes
     }
 
     /// Takes one message. Returns whether it was new.
@@ -538,23 +539,22 @@ impl RecvQueue {
         if matches!(self.fin_seq, Some(f) if seq >= f) {
             return Err("message after the end of the stream");
         }
+        // Whatever its place, a message must fit with everything held: a sender within the
+        // advertised window always fits; one beyond it is dropped, so never acknowledged.
+        if self.buffered() + payload.len() > self.cap {
+            return Ok(false);
+        }
         if seq == self.next {
-            if self.ready_len + payload.len() > self.cap {
-                return Ok(false); // Beyond the window: dropped, so never acknowledged.
-            }
             self.ready_len += payload.len();
             self.ready.push_back(payload);
             self.next += 1;
             self.drain_in_order();
             return Ok(true);
         }
-        let cost = payload.len() + OUT_OF_ORDER_ENTRY_COST;
-        if self.out_of_order.len() >= self.max_out_of_order
-            || self.ready_len + self.out_of_order_cost + cost > self.cap
-        {
+        if self.out_of_order.len() >= self.max_out_of_order {
             return Ok(false);
         }
-        self.out_of_order_cost += cost;
+        self.out_of_order_bytes += payload.len();
         self.out_of_order.insert(seq, payload);
         Ok(true)
     }
@@ -579,7 +579,6 @@ impl RecvQueue {
         if seq == self.next {
             self.next += 1;
         } else {
-            self.out_of_order_cost += OUT_OF_ORDER_ENTRY_COST;
             self.out_of_order.insert(seq, Bytes::new());
         }
         Ok(true)
@@ -591,7 +590,7 @@ impl RecvQueue {
                 break;
             }
             let payload = entry.remove();
-            self.out_of_order_cost -= payload.len() + OUT_OF_ORDER_ENTRY_COST;
+            self.out_of_order_bytes -= payload.len();
             self.next += 1;
             if !payload.is_empty() {
                 self.ready_len += payload.len();

@@ -253,3 +253,106 @@ fn server_never_writes_on_a_connection_it_closed() {
         "the server wrote {written:?} on {conn:?} after closing it"
     );
 }
+
+/// Found by `client_session`: out-of-order messages are admitted while
+/// `ready + out_of_order + new <= recv_buffer`, but an in-order message only while
+/// `ready + new <= recv_buffer` (`RecvQueue::on_message`), ignoring what is held out of order.
+/// A peer that sends past the advertised window (a few messages beyond a gap, then the gap)
+/// makes the receiver buffer up to about twice `recv_buffer`. The fuzz input: message 0,
+/// three messages far ahead, then message 1, about 3 KB each with a 16 KiB buffer.
+#[test]
+fn client_receive_buffering_stays_within_recv_buffer() {
+    let mut config = ClientConfig::default();
+    config.session.recv_buffer = 16 * 1024;
+    let cap = config.session.recv_buffer;
+    let mut c = client(config);
+    let (slot, _, req) = next_request(&mut c, at(0));
+    let answer = response(1, next_seq(&req), |enc| {
+        enc.open(&[1; 16], 2000);
+        enc.message(0, &[1; 2844]);
+        for seq in [27, 31, 221] {
+            enc.message(seq, &[2; 3872]);
+        }
+        enc.message(1, &[3; 2844]);
+    });
+    c.handle_bytes(at(1), slot, &answer);
+    let (_, received) = c.buffered();
+    assert!(
+        received <= cap,
+        "the client buffers {received} bytes, recv_buffer is {cap}"
+    );
+}
+
+/// The same rule on the server, found while writing the targets' cap check: four messages of
+/// 4000 bytes beyond a gap (16 256 bytes counted), then the gap.
+#[test]
+fn server_receive_buffering_stays_within_recv_buffer() {
+    let mut config = ServerConfig::default();
+    config.session.recv_buffer = 16 * 1024;
+    let cap = config.session.recv_buffer;
+    let mut s = Server::new(config, Box::new(SimRng::new(1)));
+    let conn = s.handle_accept(at(0)).unwrap();
+    s.handle_bytes(
+        at(0),
+        conn,
+        &request(1, |enc| {
+            enc.open(&[2; 16], 0);
+            for seq in 5..9 {
+                enc.message(seq, &[1; 4000]);
+            }
+        }),
+    );
+    let _ = responses(&mut s, at(0));
+    let conn = s.handle_accept(at(1)).unwrap();
+    s.handle_bytes(at(1), conn, &request(2, |enc| enc.message(0, &[2; 4000])));
+    let (_, received) = s.buffered(SID).expect("the session is open");
+    assert!(
+        received <= cap,
+        "the server buffers {received} bytes, recv_buffer is {cap}"
+    );
+}
+
+/// Found by `server_endpoint`: with a token, a session is announced (`Opened`) only once a
+/// request tagged with the session key proves the open was not a replay (`server.rs`,
+/// `Session::announced`). But a session that never got that far still reports `Readable` and
+/// `Failed` when it ends (idle timeout, `abort`): the application hears of a session it was
+/// never told of, which is what a replayed opening request produces, as often as it is
+/// replayed after the id stops lingering.
+#[test]
+fn server_reports_nothing_about_a_session_it_never_announced() {
+    let token = holdwire_proto::Token::new(b"fuzz");
+    let config = ServerConfig {
+        token: Some(token.clone()),
+        path_prefix: "/hw".into(),
+        idle_timeout: Duration::from_secs(10),
+        ..ServerConfig::default()
+    };
+    let mut s = Server::new(config, Box::new(SimRng::new(1)));
+    let mut c = client(ClientConfig {
+        token: Some(token),
+        ..ClientConfig::default()
+    });
+    // Only the opening request arrives (or a replay of it); nothing follows.
+    let (_, open, _) = next_request(&mut c, at(0));
+    let conn = s.handle_accept(at(0)).unwrap();
+    s.handle_bytes(at(0), conn, &open);
+    let confirmed = responses(&mut s, at(0));
+    assert_eq!(confirmed[0].1, 200);
+    assert_eq!(
+        s.poll_event(),
+        None,
+        "not announced before a session-key request"
+    );
+
+    let later = at(11_000);
+    s.handle_timeout(later);
+    let _ = responses(&mut s, later);
+    let mut events = Vec::new();
+    while let Some(e) = s.poll_event() {
+        events.push(e.event);
+    }
+    assert!(
+        events.is_empty(),
+        "events for a session never announced: {events:?}"
+    );
+}

@@ -342,3 +342,35 @@ fn health_check_get_is_answered() {
     let r = responses(&mut s, at(0));
     assert_eq!((r[0].1, r[0].2.as_slice()), (200, &b"holdwire\n"[..]));
 }
+
+#[test]
+fn request_memory_is_capped_across_connections() {
+    let mut s = server(ServerConfig {
+        max_request_memory: 10_000,
+        ..ServerConfig::default()
+    });
+    let mut c = client(9);
+    c.write(&[1u8; 5000]).unwrap();
+    let request = next_request(&mut c, at(0));
+    assert!(request.len() > 5000);
+    // A hostile connection trickles a large body and stops.
+    let hog = s.handle_accept(at(0)).unwrap();
+    let head = b"POST /00000000000000000000000000000000 HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n";
+    s.handle_bytes(at(0), hog, head);
+    s.handle_bytes(at(0), hog, &[0u8; 6000]);
+    assert!(responses(&mut s, at(0)).is_empty());
+    assert!(s.request_memory() >= 6000);
+    // The client's request no longer fits: 503 on its connection, nothing else harmed.
+    let conn = s.handle_accept(at(1)).unwrap();
+    s.handle_bytes(at(1), conn, &request);
+    let r = responses(&mut s, at(1));
+    assert_eq!((r[0].0, r[0].1, r[0].3), (conn, 503, true));
+    // Once the hog is gone, the same request is served.
+    s.handle_closed(at(2), hog);
+    assert_eq!(s.request_memory(), 0);
+    let conn = s.handle_accept(at(2)).unwrap();
+    s.handle_bytes(at(2), conn, &request);
+    let r = responses(&mut s, at(2));
+    assert_eq!(r[0].1, 200);
+    assert_eq!(s.request_memory(), 0);
+}
