@@ -1,0 +1,173 @@
+//! `holdwire server`: the tunnel endpoint, connecting each session to a TCP target.
+
+use std::collections::HashMap;
+use std::net::ToSocketAddrs;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncWriteExt, StreamExt};
+use holdwire_smol::{copy_bidirectional, Listener, ServerConfig, Stream};
+use smol::net::TcpStream;
+
+use crate::{seconds, token, ServerArgs, EXIT_CONFIG};
+
+/// How long connecting to the target may take.
+const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Sessions = Arc<Mutex<HashMap<u64, Stream>>>;
+
+pub fn run(args: ServerArgs) -> Result<(), (u8, String)> {
+    let config_error = |m: String| (EXIT_CONFIG, m);
+    let token = token::resolve(&args.token).map_err(config_error)?;
+    let max_wait = seconds("--max-wait", args.max_wait).map_err(config_error)?;
+    let idle_timeout = seconds("--idle-timeout", args.idle_timeout).map_err(config_error)?;
+    let grace = seconds("--grace", args.grace).map_err(config_error)?;
+    if idle_timeout <= max_wait {
+        return Err(config_error("--idle-timeout must exceed --max-wait".into()));
+    }
+    if !args.path.starts_with('/') {
+        return Err(config_error(format!(
+            "--path must start with '/', not {:?}",
+            args.path
+        )));
+    }
+    check_host_port("--target", &args.target).map_err(config_error)?;
+    if args.max_buffer < 64 * 1024 {
+        return Err(config_error("--max-buffer must be at least 65536".into()));
+    }
+    let mut config = ServerConfig {
+        token,
+        path_prefix: args.path.clone(),
+        max_sessions: args.max_sessions.max(1),
+        max_hold: args.hold.max(1),
+        max_wait,
+        idle_timeout,
+        ..ServerConfig::default()
+    };
+    config.session.send_buffer = args.max_buffer;
+    config.session.recv_buffer = args.max_buffer;
+
+    smol::block_on(async move {
+        let listener = match &args.direct_listen {
+            Some(direct) => Listener::bind_with_direct(&args.listen, direct, config).await,
+            None => Listener::bind(&args.listen, config).await,
+        }
+        .map_err(|e| (1, format!("cannot listen on {}: {e}", args.listen)))?;
+        let addr = listener.local_addr().map_err(|e| (1, e.to_string()))?;
+        eprintln!(
+            "holdwire: serving http://{addr}{} -> {}{}",
+            args.path,
+            args.target,
+            listener
+                .direct_addr()
+                .map(|d| format!(" (direct TCP on {d})"))
+                .unwrap_or_default()
+        );
+        let sessions: Sessions = Arc::default();
+        let mut signals =
+            async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
+                .map_err(|e| (1, format!("cannot handle signals: {e}")))?;
+        let mut next_id = 0u64;
+        loop {
+            let accepted = async { Some(listener.accept().await) };
+            let signalled = async {
+                signals.next().await;
+                None
+            };
+            match smol::future::or(accepted, signalled).await {
+                Some(Ok((stream, peer))) => {
+                    next_id += 1;
+                    let id = next_id;
+                    sessions
+                        .lock()
+                        .expect("not poisoned")
+                        .insert(id, stream.clone());
+                    let target = args.target.clone();
+                    let registry = sessions.clone();
+                    smol::spawn(async move {
+                        if let Err(e) = serve_session(stream, &target).await {
+                            log(&format!("session from {peer}: {e}"));
+                        }
+                        registry.lock().expect("not poisoned").remove(&id);
+                    })
+                    .detach();
+                }
+                Some(Err(e)) => log(&format!("accept failed: {e}")),
+                None => break,
+            }
+        }
+        shut_down(listener, &sessions, grace).await;
+        Ok(())
+    })
+}
+
+/// Connects a session to the target and copies both ways, half-closes included.
+pub async fn serve_session(stream: Stream, target: &str) -> std::io::Result<()> {
+    let connect = TcpStream::connect(target);
+    let timeout = async {
+        smol::Timer::after(TARGET_CONNECT_TIMEOUT).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "target connect timed out",
+        ))
+    };
+    let tcp = match smol::future::or(connect, timeout).await {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            stream.abort(&format!("target unreachable: {e}"));
+            return Err(e);
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    copy_bidirectional(stream, tcp).await.map(|_| ())
+}
+
+/// SIGINT/SIGTERM: stop accepting, end every session's stream cleanly (clients read EOF after
+/// the data), and give them `grace` to finish before exiting.
+async fn shut_down(listener: Listener, sessions: &Sessions, grace: Duration) {
+    let open: Vec<Stream> = sessions
+        .lock()
+        .expect("not poisoned")
+        .values()
+        .cloned()
+        .collect();
+    log(&format!("shutting down: ending {} session(s)", open.len()));
+    for mut stream in open {
+        let _ = stream.close().await;
+    }
+    let until = Instant::now() + grace;
+    while Instant::now() < until && !sessions.lock().expect("not poisoned").is_empty() {
+        smol::Timer::after(Duration::from_millis(50)).await;
+    }
+    let left: Vec<Stream> = sessions
+        .lock()
+        .expect("not poisoned")
+        .values()
+        .cloned()
+        .collect();
+    for stream in &left {
+        stream.abort("server shutting down");
+    }
+    if !left.is_empty() {
+        // Let the aborts go out.
+        smol::Timer::after(Duration::from_millis(200)).await;
+    }
+    drop(listener);
+}
+
+fn check_host_port(flag: &str, value: &str) -> Result<(), String> {
+    match value.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            // Resolve once now, so a typo is reported before anything starts.
+            value
+                .to_socket_addrs()
+                .map(|_| ())
+                .map_err(|e| format!("{flag} {value}: {e}"))
+        }
+        _ => Err(format!("{flag} must be HOST:PORT, not {value:?}")),
+    }
+}
+
+fn log(message: &str) {
+    eprintln!("holdwire: {message}");
+}
