@@ -1009,6 +1009,17 @@ impl Client {
         if outcome.is_err() {
             self.close_attempts_left = 0;
         }
+        // A failure found here is news to the server: tell it once, best effort, so it need not
+        // wait for its idle timeout. (Refusals and aborts came from the server itself.)
+        match &outcome {
+            Err(SessionError::TimedOut) if self.abort_to_send.is_none() => {
+                self.abort_to_send = Some((AbortCode::TIMED_OUT, String::from("client timed out")));
+            }
+            Err(SessionError::Protocol(what)) if self.abort_to_send.is_none() => {
+                self.abort_to_send = Some((AbortCode::PROTOCOL_VIOLATION, String::from(*what)));
+            }
+            _ => {}
+        }
         self.phase = Phase::Ended(outcome);
         self.retry_at = None;
         self.coalesce_until = None;

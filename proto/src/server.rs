@@ -133,6 +133,8 @@ struct Session {
     confirm_open: bool,
     ack_urgent: bool,
     outcome: Option<Result<(), SessionError>>,
+    /// When the session ended.
+    ended_at: Option<Instant>,
     abort_to_send: Option<(AbortCode, String)>,
     timer: Option<Instant>,
     dirty: bool,
@@ -180,6 +182,11 @@ impl Session {
     }
 
     fn deadline(&self, config: &ServerConfig) -> Option<Instant> {
+        if let Some(ended) = self.ended_at {
+            // Held requests of an ended session are answered at once; what is left is data the
+            // application has not read, kept for `linger` at most.
+            return Some(ended + config.linger);
+        }
         let idle = self.last_request + config.idle_timeout;
         let held = self.held.front().map(|h| h.at + config.max_wait);
         Some(held.map_or(idle, |h| h.min(idle)))
@@ -547,6 +554,7 @@ impl Server {
                     confirm_open: true,
                     ack_urgent: false,
                     outcome: None,
+                    ended_at: None,
                     abort_to_send: None,
                     timer: None,
                     dirty: false,
@@ -883,6 +891,17 @@ impl Server {
                         continue;
                     }
                     s.timer = None;
+                    if s.ended_at.is_some_and(|e| now >= e + self.config.linger) {
+                        // Nobody read what is left: retire the session anyway.
+                        s.stream.recv = crate::stream::RecvQueue::new(0, 0);
+                        let held: Vec<ConnId> = s.held.drain(..).map(|h| h.conn).collect();
+                        for conn in held {
+                            self.drop_conn(conn.0);
+                            self.closes.push_back(conn);
+                        }
+                        self.maybe_remove(id);
+                        continue;
+                    }
                     if s.outcome.is_none() && now >= s.last_request + self.config.idle_timeout {
                         let outcome = if s.stream.is_done() {
                             Ok(())
@@ -1159,6 +1178,7 @@ impl Server {
             Err(e) => Event::Failed(e.clone()),
         };
         s.outcome = Some(outcome);
+        s.ended_at = Some(self.last_now);
         // The application hears nothing of a session it was never told of (an unproven open).
         if s.announced {
             self.events.push_back(ServerEvent {

@@ -82,36 +82,7 @@ fn response(rid: u64, ack: u64, frames: impl FnOnce(&mut BundleEncoder<'_>)) -> 
 
 /// A POST of a request bundle of `SID` built by `frames`.
 fn request(rid: u64, frames: impl FnOnce(&mut BundleEncoder<'_>)) -> Vec<u8> {
-    let header = Header {
-        response: false,
-        session: SID,
-        rid,
-        ack: 0,
-        window: 1 << 20,
-        hold: 1,
-        held_us: 0,
-    };
-    let mut body = Vec::new();
-    let mut enc = BundleEncoder::new(&mut body, &header, &[], 0);
-    frames(&mut enc);
-    enc.finish_untagged();
-    let mut out = Vec::new();
-    let mut hex = [0u8; 32];
-    SID.write_hex(&mut hex);
-    http::encode_request_head(
-        &mut out,
-        &http::RequestHead {
-            target: http::RequestTarget::Origin {
-                path: &format!("/{}", std::str::from_utf8(&hex).unwrap()),
-            },
-            host: "sim.invalid",
-            proxy_authorization: None,
-            content_length: body.len(),
-            close: false,
-        },
-    );
-    out.extend_from_slice(&body);
-    out
+    request_acking(rid, 0, frames)
 }
 
 /// Every response the server writes now: (connection, status, body, close_after).
@@ -355,4 +326,99 @@ fn server_reports_nothing_about_a_session_it_never_announced() {
         events.is_empty(),
         "events for a session never announced: {events:?}"
     );
+}
+
+/// Found by `server_endpoint`: a session that closed cleanly while its application had not
+/// read everything stays (so the data can still be read), but its timer keeps the idle
+/// deadline `last_request + idle_timeout` (`Session::deadline`), which is in the past once it
+/// fired: `handle_timeout` re-arms the same instant and `poll_timeout` returns it again, so a
+/// driver spins at full speed until the application reads. An ended session with no held
+/// request needs no deadline at all.
+#[test]
+fn closed_session_with_unread_data_does_not_spin() {
+    let config = ServerConfig {
+        idle_timeout: Duration::from_secs(10),
+        ..ServerConfig::default()
+    };
+    let mut s = Server::new(config, Box::new(SimRng::new(1)));
+    let post = |s: &mut Server, now, bytes: &[u8]| {
+        let conn = s.handle_accept(now).unwrap();
+        s.handle_bytes(now, conn, bytes);
+        responses(s, now)
+    };
+    // The client opens, sends "hi" and ends its stream; the server ends its own.
+    post(
+        &mut s,
+        at(0),
+        &request(1, |enc| {
+            enc.open(&[2; 16], 0);
+            enc.message(0, b"hi");
+            enc.fin(1);
+        }),
+    );
+    s.finish(SID);
+    let answer = post(&mut s, at(1), &request(2, |_| {}));
+    assert!(!answer.is_empty(), "the server's FIN goes out");
+    // The client acknowledges the FIN (seq 0) and closes: a clean close, "hi" still unread.
+    post(&mut s, at(2), &request_acking(3, 1, |enc| enc.close()));
+    let mut events = Vec::new();
+    while let Some(e) = s.poll_event() {
+        events.push(e.event);
+    }
+    assert_eq!(events.last(), Some(&Event::Closed), "{events:?}");
+    assert_eq!(
+        s.buffered(SID).map(|b| b.1),
+        Some(2),
+        "the data waits to be read"
+    );
+
+    let mut now = at(2);
+    for _ in 0..3 {
+        let Some(deadline) = s.poll_timeout() else {
+            return;
+        };
+        now = now.max(deadline) + Duration::from_secs(30);
+        s.handle_timeout(now);
+        let _ = responses(&mut s, now);
+        if let Some(next) = s.poll_timeout() {
+            assert!(
+                next > now,
+                "deadline {next:?} not after {now:?} once handled"
+            );
+        }
+    }
+}
+
+/// A POST of a request bundle of `SID` acknowledging `ack`, built by `frames`.
+fn request_acking(rid: u64, ack: u64, frames: impl FnOnce(&mut BundleEncoder<'_>)) -> Vec<u8> {
+    let header = Header {
+        response: false,
+        session: SID,
+        rid,
+        ack,
+        window: 1 << 20,
+        hold: 1,
+        held_us: 0,
+    };
+    let mut body = Vec::new();
+    let mut enc = BundleEncoder::new(&mut body, &header, &[], 0);
+    frames(&mut enc);
+    enc.finish_untagged();
+    let mut hex = [0u8; 32];
+    SID.write_hex(&mut hex);
+    let mut out = Vec::new();
+    http::encode_request_head(
+        &mut out,
+        &http::RequestHead {
+            target: http::RequestTarget::Origin {
+                path: &format!("/{}", std::str::from_utf8(&hex).unwrap()),
+            },
+            host: "sim.invalid",
+            proxy_authorization: None,
+            content_length: body.len(),
+            close: false,
+        },
+    );
+    out.extend_from_slice(&body);
+    out
 }

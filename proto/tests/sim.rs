@@ -12,6 +12,7 @@ fn client_config() -> ClientConfig {
         max_failures: 1000,
         close_attempts: 1000,
         silence_timeout: Duration::from_secs(120),
+        open_timeout: Duration::from_secs(120),
         ..ClientConfig::default()
     }
 }
