@@ -170,6 +170,11 @@ impl ClientState {
                     self.core.handle_closed(now, conn);
                 }
             }
+            Input::Sent { key } => {
+                if let Some(conn) = self.slot_of(key) {
+                    self.core.handle_sent(now, conn);
+                }
+            }
             Input::Accepted(_) | Input::Kick => {}
         }
     }

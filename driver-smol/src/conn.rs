@@ -43,6 +43,11 @@ pub(crate) enum Input {
         /// What was read, at its exact length.
         data: Vec<u8>,
     },
+    /// A message was written completely on connection `key`.
+    Sent {
+        /// The connection.
+        key: u64,
+    },
     /// Connection `key` reached EOF, failed, or could not be opened.
     Closed {
         /// The connection.
@@ -180,6 +185,9 @@ async fn run(connect: Connect, out: Arc<Outbox>, inbox: Sender<Input>, key: u64)
             Step::Write(bytes) => {
                 if (&socket).write_all(&bytes).await.is_err() {
                     break;
+                }
+                if inbox.send(Input::Sent { key }).await.is_err() {
+                    return;
                 }
             }
             Step::Shutdown => {

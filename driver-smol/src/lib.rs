@@ -85,6 +85,7 @@
 
 mod client;
 mod conn;
+mod direct;
 mod driver;
 mod server;
 
@@ -172,9 +173,19 @@ impl Stream {
                 "https:// is not supported by holdwire-smol yet",
             ));
         }
-        if let Some(direct) = &options.direct {
-            if let Ok(socket) = conn::dial(direct, options.direct_timeout).await {
-                return Ok(Stream::from_tcp(smol::net::TcpStream::from(socket)));
+        if let Some(addr) = &options.direct {
+            let token = options.protocol.token.as_ref();
+            let attempt = direct::within(options.direct_timeout, async {
+                let socket = conn::dial(addr, options.direct_timeout).await?;
+                let mut tcp = smol::net::TcpStream::from(socket);
+                direct::client(&mut tcp, token).await?;
+                Ok(tcp)
+            });
+            match attempt.await {
+                Ok(tcp) => return Ok(Stream::from_tcp(tcp)),
+                // A holdwire server that refuses our token would refuse it over HTTP too.
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(e),
+                Err(_) => {}
             }
         }
         let token = Arc::new(ClientToken(ClientShared::start(&options)));

@@ -221,7 +221,7 @@ impl ServerState {
                     self.conns.insert(conn.0, (handle, peer));
                 }
             }
-            Input::Kick => {}
+            Input::Sent { .. } | Input::Kick => {}
         }
     }
 }
@@ -405,16 +405,30 @@ async fn accept_http(listener: Async<TcpListener>, inbox: Sender<Input>) {
     }
 }
 
-/// Accepts raw TCP connections (the direct path) into a bounded queue for `accept`.
-async fn accept_direct(listener: Async<TcpListener>, out: Sender<(Stream, SocketAddr)>) {
+/// Accepts raw TCP connections (the direct path) and, once each passed the direct handshake
+/// (on its own task, so a slow client holds up nobody), queues it for `accept`.
+async fn accept_direct(
+    listener: Async<TcpListener>,
+    out: Sender<(Stream, SocketAddr)>,
+    token: Option<holdwire_proto::Token>,
+) {
     loop {
         match listener.accept().await {
             Ok((socket, peer)) => {
                 let _ = socket.get_ref().set_nodelay(true);
-                let stream = Stream::from_tcp(smol::net::TcpStream::from(socket));
-                if out.send((stream, peer)).await.is_err() {
-                    return;
-                }
+                let out = out.clone();
+                let token = token.clone();
+                smol::spawn(async move {
+                    let mut tcp = smol::net::TcpStream::from(socket);
+                    let handshake = crate::direct::within(
+                        crate::direct::ACCEPT_TIMEOUT,
+                        crate::direct::server(&mut tcp, token.as_ref()),
+                    );
+                    if handshake.await.is_ok() {
+                        let _ = out.send((Stream::from_tcp(tcp), peer)).await;
+                    }
+                })
+                .detach();
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
             Err(_) => {
@@ -498,7 +512,7 @@ impl Listener {
             Some(l) => {
                 let addr = l.get_ref().local_addr()?;
                 let (tx, rx) = channel::bounded(DIRECT_BACKLOG);
-                let task = smol::spawn(accept_direct(l, tx));
+                let task = smol::spawn(accept_direct(l, tx, config.token.clone()));
                 Some(Direct {
                     addr,
                     rx: Mutex::new(Box::pin(rx)),
