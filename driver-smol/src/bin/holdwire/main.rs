@@ -114,11 +114,17 @@ pub struct ClientArgs {
     /// Carry stdin/stdout through one session, then exit.
     #[arg(long)]
     pub stdio: bool,
-    /// The server endpoint, e.g. http://server.example:8080/.
-    #[arg(long, value_name = "URL")]
+    #[arg(
+        long,
+        value_name = "URL",
+        help = "The server endpoint, e.g. http://server.example:8080/"
+    )]
     pub server: String,
-    /// Forward proxy, http://[user:pass@]host:port (default: HTTP_PROXY, honouring NO_PROXY).
-    #[arg(long, value_name = "URL")]
+    #[arg(
+        long,
+        value_name = "URL",
+        help = "Forward proxy, http://[user:pass@]host:port (default: HTTP_PROXY, honouring NO_PROXY)"
+    )]
     pub proxy: Option<String>,
     /// Try direct TCP to this address first, then fall back to HTTP.
     #[arg(long, value_name = "HOST:PORT")]
