@@ -16,7 +16,7 @@ use smol::io::{AsyncReadExt as _, AsyncWriteExt as _};
 /// the configured bound (`silence_timeout`), and neither hangs.
 #[test]
 fn server_killed_mid_transfer() {
-    let Some(bin) = example("echo_server") else {
+    let Some(bin) = example("smol_echo_server") else {
         return;
     };
     let mut child = Command::new(&bin)
@@ -24,19 +24,19 @@ fn server_killed_mid_transfer() {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("start echo_server");
+        .expect("start smol_echo_server");
     let mut stdout = child.stdout.take().expect("piped stdout");
     let mut guard = ChildGuard {
         child,
-        name: "echo_server".into(),
+        name: "smol_echo_server".into(),
         dir: None,
         shm_prefix: None,
     };
-    let line = read_line(&mut stdout).expect("echo_server output");
+    let line = read_line(&mut stdout).expect("smol_echo_server output");
     let addr: SocketAddr = line
         .strip_prefix("http ")
         .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected echo_server output {line:?}"));
+        .unwrap_or_else(|| panic!("unexpected smol_echo_server output {line:?}"));
     drain_in_background(stdout);
 
     let silence = Duration::from_secs(3);
@@ -88,7 +88,7 @@ fn server_killed_mid_transfer() {
         guard.kill();
         let killed = Instant::now();
         eprintln!(
-            "killed echo_server (pid {pid}) after {} bytes echoed",
+            "killed smol_echo_server (pid {pid}) after {} bytes echoed",
             moved.load(std::sync::atomic::Ordering::Relaxed)
         );
 

@@ -2,7 +2,7 @@
 //! its stream is half-closed once the client's ends.
 //!
 //! ```text
-//! cargo run -p holdwire-smol --example echo_server -- [HTTP_ADDR] [DIRECT_ADDR]
+//! cargo run -p holdwire-smol --example smol_echo_server -- [HTTP_ADDR] [DIRECT_ADDR]
 //! ```
 //! Prints `http ADDR` (and `direct ADDR`) on stdout once listening. The failure tests start it
 //! as a child process and kill it mid-transfer.
