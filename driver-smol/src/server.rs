@@ -62,6 +62,8 @@ struct ServerState {
     accept_wakers: Vec<Waker>,
     /// The `Listener` is alive: new sessions are accepted.
     listening: bool,
+    /// Print refused requests to stderr (see `Listener::log_refusals`).
+    log_refusals: bool,
     buf: Vec<u8>,
     armed: Option<Instant>,
     /// The peer of the connection whose input is being fed, for `Event::Opened`.
@@ -127,8 +129,18 @@ impl ServerState {
             while let Some(conn) = self.core.poll_close() {
                 self.conns.remove(&conn.0);
             }
-            // Refusals are for logs; this library does not log.
-            while self.core.poll_refusal().is_some() {}
+            // Refusals are for logs, which the application asks for.
+            while let Some(refusal) = self.core.poll_refusal() {
+                if self.log_refusals {
+                    let peer = self.conns.get(&refusal.conn.0).map(|(_, p)| *p);
+                    eprintln!(
+                        "holdwire: refused a request from {}: HTTP {} ({})",
+                        peer.map_or_else(|| "a closed connection".to_string(), |p| p.to_string()),
+                        refusal.status,
+                        refusal.reason
+                    );
+                }
+            }
             let mut again = false;
             while let Some(ev) = self.core.poll_event() {
                 let id = ev.session;
@@ -531,6 +543,7 @@ impl Listener {
                 accepted: VecDeque::new(),
                 accept_wakers: Vec::new(),
                 listening: true,
+                log_refusals: false,
                 buf: Vec::new(),
                 armed: None,
                 peer: None,
@@ -600,6 +613,12 @@ impl Listener {
     /// Endpoint counters from the core.
     pub fn stats(&self) -> ServerStats {
         lock(&self.shared.state).core.stats()
+    }
+
+    /// Prints every refused request (bad token, unknown session, malformed or oversized
+    /// request, limits) to stderr, with the peer address, HTTP status and reason.
+    pub fn log_refusals(&self, on: bool) {
+        lock(&self.shared.state).log_refusals = on;
     }
 
     /// Starts a graceful shutdown: new sessions are refused and every session's stream is

@@ -105,6 +105,12 @@ async fn stdio(options: ClientOptions) -> Result<(), (u8, String)> {
 }
 
 fn options(args: &ClientArgs) -> Result<ClientOptions, String> {
+    if let Some(listen) = &args.listen {
+        crate::serve::check_host_port("--listen", listen)?;
+    }
+    if let Some(direct) = &args.direct {
+        crate::serve::check_host_port("--direct", direct)?;
+    }
     let token = token::resolve(&args.token)?;
     let mut options = ClientOptions::new(&args.server).map_err(|e| e.to_string())?;
     options = match &args.proxy {

@@ -32,6 +32,10 @@ pub fn run(args: ServerArgs) -> Result<(), (u8, String)> {
         )));
     }
     check_host_port("--target", &args.target).map_err(config_error)?;
+    check_host_port("--listen", &args.listen).map_err(config_error)?;
+    if let Some(direct) = &args.direct_listen {
+        check_host_port("--direct-listen", direct).map_err(config_error)?;
+    }
     if args.max_buffer < 64 * 1024 {
         return Err(config_error("--max-buffer must be at least 65536".into()));
     }
@@ -53,7 +57,9 @@ pub fn run(args: ServerArgs) -> Result<(), (u8, String)> {
             None => Listener::bind(&args.listen, config).await,
         }
         .map_err(|e| (1, format!("cannot listen on {}: {e}", args.listen)))?;
+        // (Addresses were checked before; what fails here is binding them.)
         let addr = listener.local_addr().map_err(|e| (1, e.to_string()))?;
+        listener.log_refusals(true);
         eprintln!(
             "holdwire: serving http://{addr}{} -> {}{}",
             args.path,
@@ -125,6 +131,8 @@ pub async fn serve_session(stream: Stream, target: &str) -> std::io::Result<()> 
 /// SIGINT/SIGTERM: stop accepting, end every session's stream cleanly (clients read EOF after
 /// the data), and give them `grace` to finish before exiting.
 async fn shut_down(listener: Listener, sessions: &Sessions, grace: Duration) {
+    // New sessions are refused from now on (503 ABORT SHUTDOWN), so no client is left waiting.
+    listener.shutdown();
     let open: Vec<Stream> = sessions
         .lock()
         .expect("not poisoned")
@@ -155,9 +163,15 @@ async fn shut_down(listener: Listener, sessions: &Sessions, grace: Duration) {
     drop(listener);
 }
 
-fn check_host_port(flag: &str, value: &str) -> Result<(), String> {
+/// Checks `HOST:PORT` now, so a typo is a configuration error (port 0 only for `--*listen`).
+pub fn check_host_port(flag: &str, value: &str) -> Result<(), String> {
     match value.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+        Some((host, port))
+            if !host.is_empty()
+                && port
+                    .parse::<u16>()
+                    .is_ok_and(|p| p > 0 || flag.ends_with("listen")) =>
+        {
             // Resolve once now, so a typo is reported before anything starts.
             value
                 .to_socket_addrs()
