@@ -41,8 +41,16 @@ fn main() {
     let dir = target_dir(&corpus, "bundle_decode");
     for (name, bundle) in &bundles {
         let body = &bundle[..bundle.len() - wire::CRC_LEN];
-        write(&dir, &format!("{name}-verbatim"), &[&[0u8][..], bundle].concat());
-        write(&dir, &format!("{name}-fixcrc"), &[&[1u8][..], body].concat());
+        write(
+            &dir,
+            &format!("{name}-verbatim"),
+            &[&[0u8][..], bundle].concat(),
+        );
+        write(
+            &dir,
+            &format!("{name}-fixcrc"),
+            &[&[1u8][..], body].concat(),
+        );
         if name.starts_with("doc-") {
             write(&dir, &format!("{name}-tight"), &[&[3u8][..], body].concat());
         }
@@ -52,7 +60,11 @@ fn main() {
     let dir = target_dir(&corpus, "http_request");
     let requests: Vec<&Vec<u8>> = plain.iter().filter(|(up, _)| *up).map(|(_, b)| b).collect();
     write(&dir, "client-open", &http_split::seed(requests[0]));
-    write(&dir, "client-data", &http_split::seed(requests[requests.len() / 2]));
+    write(
+        &dir,
+        "client-data",
+        &http_split::seed(requests[requests.len() / 2]),
+    );
     let two: Vec<u8> = [requests[0].as_slice(), requests[1].as_slice()].concat();
     write(&dir, "two-pipelined", &http_split::seed(&two));
     let mut proxied = Vec::new();
@@ -81,9 +93,17 @@ fn main() {
 
     // ---- http_response: limits prefix + responses ----
     let dir = target_dir(&corpus, "http_response");
-    let responses: Vec<&Vec<u8>> = plain.iter().filter(|(up, _)| !*up).map(|(_, b)| b).collect();
+    let responses: Vec<&Vec<u8>> = plain
+        .iter()
+        .filter(|(up, _)| !*up)
+        .map(|(_, b)| b)
+        .collect();
     write(&dir, "server-open", &http_split::seed(responses[0]));
-    write(&dir, "server-data", &http_split::seed(responses[responses.len() / 2]));
+    write(
+        &dir,
+        "server-data",
+        &http_split::seed(responses[responses.len() / 2]),
+    );
     let mut page = Vec::new();
     page.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
     page.extend_from_slice(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/html\r\nConnection: close\r\nContent-Length: 27\r\n\r\n<html>no server here</html>");
@@ -211,10 +231,16 @@ fn server_seeds(requests: &[&Vec<u8>]) -> Vec<(String, st::Input)> {
             pump(0),
             PeerWrite { peer: 0, len: 3000 },
             pump(0),
-            Write { session: 0, len: 2000 },
+            Write {
+                session: 0,
+                len: 2000,
+            },
             pump(0),
             PeerRead { peer: 0, len: 4096 },
-            Read { session: 0, len: 4096 },
+            Read {
+                session: 0,
+                len: 4096,
+            },
             Advance { ms: 2500 },
             pump(0),
             PeerFinish { peer: 0 },
@@ -250,15 +276,37 @@ fn server_seeds(requests: &[&Vec<u8>]) -> Vec<(String, st::Input)> {
         prefixed: true,
         peers: 0,
         ops: vec![
-            request(TargetSpec::Session(2), vec![open(), message(0)], Framing::Length),
-            Read { session: 2, len: 512 },
-            Write { session: 2, len: 700 },
-            request(TargetSpec::Session(2), vec![message(1)], Framing::Chunked(17)),
+            request(
+                TargetSpec::Session(2),
+                vec![open(), message(0)],
+                Framing::Length,
+            ),
+            Read {
+                session: 2,
+                len: 512,
+            },
+            Write {
+                session: 2,
+                len: 700,
+            },
+            request(
+                TargetSpec::Session(2),
+                vec![message(1)],
+                Framing::Chunked(17),
+            ),
             request(TargetSpec::Session(3), vec![message(0)], Framing::Length),
             Advance { ms: 2100 },
-            request(TargetSpec::Session(2), vec![FrameSpec::Fin { seq: Num::Small(2) }], Framing::Length),
+            request(
+                TargetSpec::Session(2),
+                vec![FrameSpec::Fin { seq: Num::Small(2) }],
+                Framing::Length,
+            ),
             Finish { session: 2 },
-            request(TargetSpec::Session(2), vec![FrameSpec::Close], Framing::Length),
+            request(
+                TargetSpec::Session(2),
+                vec![FrameSpec::Close],
+                Framing::Length,
+            ),
             Close { conn: 0 },
         ],
     };
@@ -273,8 +321,14 @@ fn server_seeds(requests: &[&Vec<u8>]) -> Vec<(String, st::Input)> {
         peers: 2,
         ops: vec![
             pump(0),
-            PeerSend { peer: 1, split: Some(100) },
-            PeerRecv { peer: 1, split: None },
+            PeerSend {
+                peer: 1,
+                split: Some(100),
+            },
+            PeerRecv {
+                peer: 1,
+                split: None,
+            },
             Replay {
                 index: 0,
                 conn: 9,
@@ -305,11 +359,25 @@ fn server_seeds(requests: &[&Vec<u8>]) -> Vec<(String, st::Input)> {
         prefixed: false,
         peers: 0,
         ops: vec![
-            request(TargetSpec::Session(1), vec![open(), big(2), big(3), big(5)], Framing::Length),
+            request(
+                TargetSpec::Session(1),
+                vec![open(), big(2), big(3), big(5)],
+                Framing::Length,
+            ),
             request(TargetSpec::Session(1), vec![big(0)], Framing::Length),
-            Read { session: 1, len: 6000 },
-            request(TargetSpec::Session(1), vec![big(1), big(4)], Framing::Length),
-            ReadChunk { session: 1, max: 9000 },
+            Read {
+                session: 1,
+                len: 6000,
+            },
+            request(
+                TargetSpec::Session(1),
+                vec![big(1), big(4)],
+                Framing::Length,
+            ),
+            ReadChunk {
+                session: 1,
+                max: 9000,
+            },
         ],
     };
     vec![
@@ -368,7 +436,11 @@ fn client_seeds() -> Vec<(String, ct::Input)> {
             respond(0, vec![message(1)], Framing::Length),
             Advance { ms: 2500 },
             Finish,
-            respond(1, vec![FrameSpec::Fin { seq: Num::Small(3) }], Framing::Length),
+            respond(
+                1,
+                vec![FrameSpec::Fin { seq: Num::Small(3) }],
+                Framing::Length,
+            ),
             ReadChunk { max: 1000 },
             respond(0, vec![FrameSpec::Close], Framing::None),
             Close { slot: 0 },
@@ -515,7 +587,9 @@ impl Enc {
                 self.u8(*ty);
                 self.bytes(body);
             }
-            FrameSpec::Abort { .. } => unimplemented!("strings are not encoded"),
+            FrameSpec::Abort { .. } => panic!(
+                "seed specs use no ABORT frames: this encoder has no form for their reason strings"
+            ),
         }
     }
     fn bundle(&mut self, b: &BundleSpec) {
@@ -564,7 +638,9 @@ impl Enc {
             TargetSpec::UpperHex(i) => (self.variant(2, 6), self.u8(*i)).1,
             TargetSpec::Prefix => self.variant(3, 6),
             TargetSpec::Root => self.variant(4, 6),
-            TargetSpec::Other(_) => unimplemented!("strings are not encoded"),
+            TargetSpec::Other(_) => {
+                panic!("seed specs use no free-form targets: this encoder has no form for strings")
+            }
         }
         self.bool(r.http10);
         self.bool(r.close);
@@ -605,13 +681,21 @@ fn encode_server_input(input: &st::Input) -> Vec<u8> {
         let n = 20;
         match op {
             Accept => e.variant(0, n),
-            Raw { conn, data, split: s } => {
+            Raw {
+                conn,
+                data,
+                split: s,
+            } => {
                 e.variant(1, n);
                 e.u8(*conn);
                 e.bytes(data);
                 split(e, s);
             }
-            Request { conn, spec, split: s } => {
+            Request {
+                conn,
+                spec,
+                split: s,
+            } => {
                 e.variant(2, n);
                 e.u8(*conn);
                 e.request(spec);

@@ -63,11 +63,18 @@ fuzz_target!(|data: &[u8]| {
         }
         (Err(pe), Ok(_)) => panic!("peek_header failed ({pe:?}) where decode succeeded"),
         (Ok(_), Err(de)) => {
-            assert!(!is_envelope_error(&de), "decode failed the envelope ({de:?}) that peek_header passed");
+            assert!(
+                !is_envelope_error(&de),
+                "decode failed the envelope ({de:?}) that peek_header passed"
+            );
             return;
         }
         (Ok(h), Ok(b)) => {
-            assert_eq!(h, b.header(), "peek_header and decode read different headers");
+            assert_eq!(
+                h,
+                b.header(),
+                "peek_header and decode read different headers"
+            );
             b
         }
     };
@@ -86,7 +93,10 @@ fuzz_target!(|data: &[u8]| {
         input.len(),
         "bundle_len disagrees with the decoded size"
     );
-    assert_eq!(bundle.signed_bytes(), &input[..input.len() - wire::CRC_LEN - tag.len()]);
+    assert_eq!(
+        bundle.signed_bytes(),
+        &input[..input.len() - wire::CRC_LEN - tag.len()]
+    );
     assert_eq!(bundle.as_bytes(), &input);
 
     let mut out = Vec::with_capacity(input.len());
@@ -96,7 +106,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let len = enc.finish(|_, t| t.copy_from_slice(&tag));
     assert_eq!(len, out.len());
-    assert!(out[..] == input[..], "re-encoding differs from the decoded bytes");
+    assert!(
+        out[..] == input[..],
+        "re-encoding differs from the decoded bytes"
+    );
 
     // The re-encoding decodes to the same parts (it is the same bytes, but through a fresh
     // buffer: nothing in `Bundle` may depend on where the input came from).

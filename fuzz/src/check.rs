@@ -6,7 +6,9 @@ use holdwire_proto::http::{HttpLimits, Method, RequestParser, ResponseParser};
 use holdwire_proto::wire::{self, Bundle, SessionId, WireLimits};
 
 /// Statuses the server endpoint answers with (`docs/PROTOCOL.md` 11.1, `server.rs`).
-pub const SERVER_STATUSES: [u16; 13] = [100, 200, 400, 403, 404, 405, 408, 410, 413, 431, 501, 503, 505];
+pub const SERVER_STATUSES: [u16; 13] = [
+    100, 200, 400, 403, 404, 405, 408, 410, 413, 431, 501, 503, 505,
+];
 
 /// Checks one server transmit: exactly one response (or one `100 Continue`), a known status,
 /// and a decodable response bundle when the content type says bundle. Returns the status and
@@ -16,11 +18,18 @@ pub fn server_transmit(bytes: &[u8]) -> (u16, Option<Bundle>) {
         return (100, None);
     }
     let mut p = ResponseParser::new(HttpLimits::default());
-    p.push(bytes)
-        .unwrap_or_else(|e| panic!("server wrote an unparsable response ({e}): {:?}", show(bytes)));
-    let polled = p
-        .poll()
-        .unwrap_or_else(|e| panic!("server wrote an unparsable response ({e}): {:?}", show(bytes)));
+    p.push(bytes).unwrap_or_else(|e| {
+        panic!(
+            "server wrote an unparsable response ({e}): {:?}",
+            show(bytes)
+        )
+    });
+    let polled = p.poll().unwrap_or_else(|e| {
+        panic!(
+            "server wrote an unparsable response ({e}): {:?}",
+            show(bytes)
+        )
+    });
     let Some(r) = polled else {
         // The answer to a HEAD request: a head announcing a body that is not sent.
         let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n");
@@ -31,7 +40,11 @@ pub fn server_transmit(bytes: &[u8]) -> (u16, Option<Bundle>) {
         );
         return (200, None);
     };
-    assert_eq!(p.buffered_len(), 0, "server transmit holds more than one response");
+    assert_eq!(
+        p.buffered_len(),
+        0,
+        "server transmit holds more than one response"
+    );
     assert!(
         SERVER_STATUSES.contains(&r.status),
         "unexpected status {}",
@@ -42,7 +55,10 @@ pub fn server_transmit(bytes: &[u8]) -> (u16, Option<Bundle>) {
     }
     let bundle = wire::decode(r.body, &WireLimits::default())
         .unwrap_or_else(|e| panic!("server wrote an undecodable bundle: {e}"));
-    assert!(bundle.header().response, "server bundle without RESPONSE flag");
+    assert!(
+        bundle.header().response,
+        "server bundle without RESPONSE flag"
+    );
     (r.status, Some(bundle))
 }
 
@@ -50,13 +66,21 @@ pub fn server_transmit(bytes: &[u8]) -> (u16, Option<Bundle>) {
 /// request bundle of that session. Returns the bundle.
 pub fn client_transmit(bytes: &[u8], session: SessionId) -> Bundle {
     let mut p = RequestParser::new(HttpLimits::default());
-    p.push(bytes)
-        .unwrap_or_else(|e| panic!("client wrote an unparsable request ({e}): {:?}", show(bytes)));
+    p.push(bytes).unwrap_or_else(|e| {
+        panic!(
+            "client wrote an unparsable request ({e}): {:?}",
+            show(bytes)
+        )
+    });
     let r = p
         .poll()
         .unwrap_or_else(|e| panic!("client wrote an unparsable request ({e})"))
         .expect("client wrote an incomplete request");
-    assert_eq!(p.buffered_len(), 0, "client transmit holds more than one request");
+    assert_eq!(
+        p.buffered_len(),
+        0,
+        "client transmit holds more than one request"
+    );
     assert_eq!(r.method, Method::Post);
     let mut hex = [0u8; 32];
     session.write_hex(&mut hex);
@@ -67,8 +91,15 @@ pub fn client_transmit(bytes: &[u8], session: SessionId) -> Bundle {
     );
     let bundle = wire::decode(r.body, &WireLimits::default())
         .unwrap_or_else(|e| panic!("client wrote an undecodable bundle: {e}"));
-    assert!(!bundle.header().response, "client bundle with RESPONSE flag");
-    assert_eq!(bundle.header().session, session, "client bundle of another session");
+    assert!(
+        !bundle.header().response,
+        "client bundle with RESPONSE flag"
+    );
+    assert_eq!(
+        bundle.header().session,
+        session,
+        "client bundle of another session"
+    );
     bundle
 }
 

@@ -186,7 +186,11 @@ impl Harness {
                 self.conn_open[slot] = true;
                 let bundle = check::client_transmit(&self.buf, SESSION);
                 let rid = bundle.header().rid;
-                assert!(rid > self.last_rid, "request id {rid} after {}", self.last_rid);
+                assert!(
+                    rid > self.last_rid,
+                    "request id {rid} after {}",
+                    self.last_rid
+                );
                 self.last_rid = rid;
                 self.slot_rid[slot] = rid;
                 self.next_seq = self.next_seq.max(check::next_seq(&bundle));
@@ -216,8 +220,16 @@ impl Harness {
                 }
             }
             let (send, recv) = self.client.buffered();
-            assert!(send <= self.send_cap, "send buffer {send} > {}", self.send_cap);
-            assert!(recv <= self.recv_cap, "receive buffer {recv} > {}", self.recv_cap);
+            assert!(
+                send <= self.send_cap,
+                "send buffer {send} > {}",
+                self.send_cap
+            );
+            assert!(
+                recv <= self.recv_cap,
+                "receive buffer {recv} > {}",
+                self.recv_cap
+            );
             assert!(self.client.requests_in_flight() <= self.max_in_flight);
             if !moved {
                 return;
@@ -233,7 +245,11 @@ impl Harness {
             self.client.handle_timeout(self.now);
             self.drain();
         }
-        if let Some(t) = self.client.poll_timeout().filter(|_| check::enabled("deadlines")) {
+        if let Some(t) = self
+            .client
+            .poll_timeout()
+            .filter(|_| check::enabled("deadlines"))
+        {
             assert!(
                 t > self.now,
                 "deadline {t:?} not after {:?} once handled",
@@ -292,7 +308,9 @@ impl Harness {
             }
             Op::Finish => self.client.finish(),
             Op::Abort { code } => self.client.abort(now, AbortCode(*code), "fuzz abort"),
-            Op::Sent { slot } => self.client.handle_sent(now, ConnId(self.slot(*slot) as u64)),
+            Op::Sent { slot } => self
+                .client
+                .handle_sent(now, ConnId(self.slot(*slot) as u64)),
         }
     }
 }

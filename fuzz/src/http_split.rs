@@ -14,7 +14,9 @@
 //! ```
 
 use bytes::Bytes;
-use holdwire_proto::http::{HttpError, HttpLimits, Request, RequestParser, Response, ResponseParser};
+use holdwire_proto::http::{
+    HttpError, HttpLimits, Request, RequestParser, Response, ResponseParser,
+};
 
 /// The parser's receive-buffer slack (`http.rs` `BUFFER_SLACK`). Up to this much input, whole
 /// and piecewise feeding must agree exactly; beyond it the parser's backpressure ("more than a

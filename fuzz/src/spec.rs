@@ -8,7 +8,9 @@
 
 use arbitrary::Arbitrary;
 use holdwire_proto::http;
-use holdwire_proto::wire::{AbortCode, BundleEncoder, Frame, Header, SackRange, SessionId, NONCE_LEN};
+use holdwire_proto::wire::{
+    AbortCode, BundleEncoder, Frame, Header, SackRange, SessionId, NONCE_LEN,
+};
 
 /// A number that is usually small (sequence numbers and request ids start at 0 or 1).
 #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -153,7 +155,9 @@ impl BundleSpec {
     pub fn encode(&self, ctx: &BundleCtx, out: &mut Vec<u8>) {
         let header = Header {
             response: ctx.response != self.wrong_direction,
-            session: self.foreign_session.map_or(ctx.session, |b| SessionId([b; 16])),
+            session: self
+                .foreign_session
+                .map_or(ctx.session, |b| SessionId([b; 16])),
             rid: self.rid.get(ctx.rid),
             ack: self.ack.get(ctx.ack),
             window: self.window,

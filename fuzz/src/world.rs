@@ -109,9 +109,8 @@ pub const POOL: [SessionId; 4] = [
 ];
 
 /// The session of the final, well-behaved client (no spec byte pattern builds it).
-pub const FRESH: SessionId = SessionId([
-    0xf0, 0x0d, 0xca, 0xfe, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
-]);
+pub const FRESH: SessionId =
+    SessionId([0xf0, 0x0d, 0xca, 0xfe, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
 
 /// A genuine client and its application.
 #[derive(Debug)]
@@ -246,8 +245,11 @@ impl World {
 
     /// Adds a genuine client of session `id`; returns its index.
     pub fn add_peer(&mut self, id: SessionId) -> usize {
-        let url = Url::parse(&format!("http://sim.invalid{}", self.server_config.path_prefix))
-            .expect("the prefix makes a valid URL");
+        let url = Url::parse(&format!(
+            "http://sim.invalid{}",
+            self.server_config.path_prefix
+        ))
+        .expect("the prefix makes a valid URL");
         let mut nonce = [0u8; 16];
         SimRng::new(u64::from(id.0[0]) ^ self.now.as_micros()).fill(&mut nonce);
         let client = Client::new(
@@ -303,7 +305,11 @@ impl World {
         let Some(conn) = self.garbage_conn(pick) else {
             return;
         };
-        trace!("{:?} garbage {conn:?} <- {:?}", self.now, crate::check::show(bytes));
+        trace!(
+            "{:?} garbage {conn:?} <- {:?}",
+            self.now,
+            crate::check::show(bytes)
+        );
         match split.map(|s| usize::from(s) % (bytes.len() + 1)) {
             Some(at) => {
                 let (a, b) = bytes.split_at(at);
@@ -397,7 +403,11 @@ impl World {
     fn client_sees_close(&mut self, peer: usize, slot: u64, link: u64) {
         let p = &mut self.peers[peer];
         if p.slot_link.get(&slot) == Some(&link) {
-            trace!("{:?} client {} slot {slot} sees link {link} close", self.now, p.id);
+            trace!(
+                "{:?} client {} slot {slot} sees link {link} close",
+                self.now,
+                p.id
+            );
             p.slot_link.remove(&slot);
             p.client.handle_closed(self.now, ConnId(slot));
         }
@@ -435,7 +445,10 @@ impl World {
                 }
             },
         };
-        trace!("{now:?} link {l} {conn:?} <- {:?}", crate::check::show(&bytes));
+        trace!(
+            "{now:?} link {l} {conn:?} <- {:?}",
+            crate::check::show(&bytes)
+        );
         let (peer, slot) = (link.peer, link.slot);
         match split.map(|s| usize::from(s) % (bytes.len() + 1)) {
             Some(at) => {
@@ -464,7 +477,11 @@ impl World {
             if !current {
                 return;
             }
-            trace!("{now:?} link {l} -> client {} slot {slot}: {:?}", self.peers[peer].id, crate::check::show(&bytes));
+            trace!(
+                "{now:?} link {l} -> client {} slot {slot}: {:?}",
+                self.peers[peer].id,
+                crate::check::show(&bytes)
+            );
             let client = &mut self.peers[peer].client;
             match split.map(|s| usize::from(s) % (bytes.len() + 1)) {
                 Some(at) => {
@@ -516,7 +533,13 @@ impl World {
                 break;
             };
             moved = true;
-            trace!("{:?} server -> {:?} close_after={}: {:?}", self.now, t.conn, t.close_after, crate::check::show(&self.buf));
+            trace!(
+                "{:?} server -> {:?} close_after={}: {:?}",
+                self.now,
+                t.conn,
+                t.close_after,
+                crate::check::show(&self.buf)
+            );
             assert_eq!(t.len, self.buf.len(), "transmit length");
             assert!(
                 self.open_conns.contains(&t.conn),
@@ -546,7 +569,12 @@ impl World {
         }
         while self.server.poll_refusal().is_some() {}
         while let Some(ev) = self.server.poll_event() {
-            trace!("{:?} server event {:?} {:?}", self.now, ev.session, ev.event);
+            trace!(
+                "{:?} server event {:?} {:?}",
+                self.now,
+                ev.session,
+                ev.event
+            );
             moved = true;
             self.on_server_event(ev);
         }
@@ -614,7 +642,12 @@ impl World {
                 trace.push((true, self.buf.clone()));
             }
             let slot = t.conn.0;
-            trace!("{:?} client {} slot {slot} open={} rid {rid}", self.now, self.peers[i].id, t.open);
+            trace!(
+                "{:?} client {} slot {slot} open={} rid {rid}",
+                self.now,
+                self.peers[i].id,
+                t.open
+            );
             let l = match (t.open, self.peers[i].slot_link.get(&slot).copied()) {
                 (false, Some(l)) => l,
                 (false, None) => {
@@ -707,7 +740,8 @@ impl World {
             while app.sent < app.to_send.len() {
                 match self.server.write(id, &app.to_send[app.sent..]) {
                     Ok(n) if n > 0 => {
-                        app.written.extend_from_slice(&app.to_send[app.sent..app.sent + n]);
+                        app.written
+                            .extend_from_slice(&app.to_send[app.sent..app.sent + n]);
                         app.sent += n;
                         moved = true;
                     }
@@ -764,7 +798,11 @@ impl World {
     /// The server application takes up to `max` bytes of session `id`.
     pub fn server_read_chunk(&mut self, id: SessionId, max: usize) {
         if let Ok(Some(chunk)) = self.server.read_chunk(id, max) {
-            assert!(chunk.len() <= max, "read_chunk gave {} > {max} bytes", chunk.len());
+            assert!(
+                chunk.len() <= max,
+                "read_chunk gave {} > {max} bytes",
+                chunk.len()
+            );
             self.app(id).received.extend_from_slice(&chunk);
         }
     }
@@ -968,7 +1006,9 @@ impl World {
             match self.next_deadline() {
                 // (A deadline not after `now` only survives `fire_due` with the `deadlines`
                 // check skipped: step over it.)
-                Some(t) if t <= self.now => self.now = (self.now + Duration::from_secs(1)).min(until),
+                Some(t) if t <= self.now => {
+                    self.now = (self.now + Duration::from_secs(1)).min(until)
+                }
                 Some(t) => self.now = t.min(until),
                 None => return,
             }
@@ -985,7 +1025,8 @@ impl World {
         self.auto = true;
         for p in &mut self.peers {
             p.auto = true;
-            p.client.abort(self.now, AbortCode::APPLICATION, "fuzz run over");
+            p.client
+                .abort(self.now, AbortCode::APPLICATION, "fuzz run over");
         }
         for app in self.apps.values_mut() {
             app.auto = true;
@@ -1031,7 +1072,11 @@ impl World {
         let p = &self.peers[i];
         let app = &self.apps[&FRESH];
         assert_eq!(p.end, Some(Ok(())), "fresh client did not close cleanly");
-        assert_eq!(app.end, Some(Ok(())), "fresh session did not close cleanly on the server");
+        assert_eq!(
+            app.end,
+            Some(Ok(())),
+            "fresh session did not close cleanly on the server"
+        );
         assert!(app.opened, "fresh session never announced");
         assert!(
             p.received == crate::pattern(9, down),
