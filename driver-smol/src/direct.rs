@@ -12,9 +12,6 @@ use smol::Timer;
 
 use crate::driver;
 
-/// How long an accepted direct client may take over its handshake.
-pub(crate) const ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
-
 fn error(e: DirectError) -> io::Error {
     let kind = match e {
         DirectError::NotHoldwire | DirectError::Refused => io::ErrorKind::InvalidData,

@@ -433,7 +433,7 @@ async fn accept_direct(
                 smol::spawn(async move {
                     let mut tcp = smol::net::TcpStream::from(socket);
                     let handshake = crate::direct::within(
-                        crate::direct::ACCEPT_TIMEOUT,
+                        holdwire_proto::direct::ACCEPT_TIMEOUT,
                         crate::direct::server(&mut tcp, token.as_ref()),
                     );
                     if handshake.await.is_ok() {

@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant as StdInstant};
@@ -202,20 +202,8 @@ impl Owner {
     fn run(&mut self) {
         let mut deadline: Option<StdInstant> = None;
         loop {
-            let first = match deadline {
-                Some(at) => match self
-                    .rx
-                    .recv_timeout(at.saturating_duration_since(StdInstant::now()))
-                {
-                    Ok(m) => Some(m),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    // The owner holds a sender itself: never disconnected.
-                    Err(RecvTimeoutError::Disconnected) => return,
-                },
-                None => match self.rx.recv() {
-                    Ok(m) => Some(m),
-                    Err(_) => return,
-                },
+            let Ok(first) = crate::conn::recv_until(&self.rx, deadline) else {
+                return;
             };
             let shared = self.shared.clone();
             let Ok(mut st) = shared.lock() else {

@@ -65,6 +65,22 @@ pub(crate) enum Inbox {
     Kick,
 }
 
+/// Waits for the owner's next input until `deadline` (forever without one). `Ok(None)` means
+/// the deadline passed; `Err` that every sender is gone.
+pub(crate) fn recv_until(
+    rx: &Receiver<Inbox>,
+    deadline: Option<StdInstant>,
+) -> Result<Option<Inbox>, ()> {
+    match deadline {
+        Some(at) => match rx.recv_timeout(at.saturating_duration_since(StdInstant::now())) {
+            Ok(m) => Ok(Some(m)),
+            Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
+        },
+        None => rx.recv().map(Some).map_err(|_| ()),
+    }
+}
+
 #[derive(Debug)]
 struct State {
     /// The socket once connected, kept to shut it down from the owner.

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant as StdInstant};
@@ -227,9 +227,6 @@ fn accept_loop(listener: TcpListener, inbox: SyncSender<Inbox>, stop: Arc<Atomic
     }
 }
 
-/// How long a direct client may take over its handshake.
-const DIRECT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 fn direct_loop(listener: TcpListener, shared: Arc<ServerShared>, token: Option<Token>) {
     loop {
         {
@@ -277,7 +274,7 @@ fn direct_loop(listener: TcpListener, shared: Arc<ServerShared>, token: Option<T
 fn direct_handshake(sock: &TcpStream, token: Option<&Token>) -> io::Result<()> {
     use std::io::{Read, Write};
     let mut sock = sock;
-    sock.set_read_timeout(Some(DIRECT_HANDSHAKE_TIMEOUT))?;
+    sock.set_read_timeout(Some(direct::ACCEPT_TIMEOUT))?;
     let mut hello = [0u8; direct::CLIENT_HELLO_LEN];
     sock.read_exact(&mut hello)?;
     let mut server_nonce = [0u8; 16];
@@ -352,19 +349,8 @@ impl Owner {
     fn run(&mut self) {
         let mut deadline: Option<StdInstant> = None;
         loop {
-            let first = match deadline {
-                Some(at) => match self
-                    .rx
-                    .recv_timeout(at.saturating_duration_since(StdInstant::now()))
-                {
-                    Ok(m) => Some(m),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                },
-                None => match self.rx.recv() {
-                    Ok(m) => Some(m),
-                    Err(_) => return,
-                },
+            let Ok(first) = crate::conn::recv_until(&self.rx, deadline) else {
+                return;
             };
             let shared = self.shared.clone();
             let Ok(mut st) = shared.lock() else { return };

@@ -15,6 +15,7 @@
 //! drivers do the reading and writing, with their own timeout.
 
 use core::fmt;
+use core::time::Duration;
 
 use crate::auth::{Key, Token};
 use crate::wire::NONCE_LEN;
@@ -27,6 +28,8 @@ pub const CLIENT_HELLO_LEN: usize = 4 + 1 + NONCE_LEN;
 pub const SERVER_HELLO_LEN: usize = 4 + 1 + NONCE_LEN + PROOF_LEN;
 /// Length of a proof.
 pub const PROOF_LEN: usize = 16;
+/// How long a server gives an accepted direct client to complete its side of the handshake.
+pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a direct handshake failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
