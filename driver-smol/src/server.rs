@@ -62,7 +62,7 @@ struct ServerState {
     accept_wakers: Vec<Waker>,
     /// The `Listener` is alive: new sessions are accepted.
     listening: bool,
-    /// Print refused requests to stderr (see `Listener::log_refusals`).
+    /// Log refused requests (see `Listener::log_refusals`).
     log_refusals: bool,
     buf: Vec<u8>,
     armed: Option<Instant>,
@@ -133,8 +133,8 @@ impl ServerState {
             while let Some(refusal) = self.core.poll_refusal() {
                 if self.log_refusals {
                     let peer = self.conns.get(&refusal.conn.0).map(|(_, p)| *p);
-                    eprintln!(
-                        "holdwire: refused a request from {}: HTTP {} ({})",
+                    tracing::warn!(
+                        "refused a request from {}: HTTP {} ({})",
                         peer.map_or_else(|| "a closed connection".to_string(), |p| p.to_string()),
                         refusal.status,
                         refusal.reason
@@ -615,8 +615,8 @@ impl Listener {
         lock(&self.shared.state).core.stats()
     }
 
-    /// Prints every refused request (bad token, unknown session, malformed or oversized
-    /// request, limits) to stderr, with the peer address, HTTP status and reason.
+    /// Logs every refused request (bad token, unknown session, malformed or oversized
+    /// request, limits) as a `tracing` warning, with the peer address, HTTP status and reason.
     pub fn log_refusals(&self, on: bool) {
         lock(&self.shared.state).log_refusals = on;
     }

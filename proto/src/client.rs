@@ -279,7 +279,10 @@ impl Client {
 
     /// Counters.
     pub fn stats(&self) -> Stats {
-        self.stream.stats
+        Stats {
+            srtt: self.rtt.srtt,
+            ..self.stream.stats
+        }
     }
 
     /// The current retransmission timeout.

@@ -50,6 +50,8 @@ pub struct Stats {
     pub bytes_received: u64,
     /// Bundles from the peer that failed to decode.
     pub unreadable_received: u64,
+    /// The smoothed round-trip time of an exchange, once measured (client side only).
+    pub srtt: Option<Duration>,
 }
 
 /// A control frame to put into the next bundle.

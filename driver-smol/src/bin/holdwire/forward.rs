@@ -8,6 +8,7 @@ use holdwire_smol::proto::url::Scheme;
 use holdwire_smol::{connect, copy_bidirectional, ClientOptions, Stream};
 use smol::net::TcpListener;
 
+use crate::serve::SessionLog;
 use crate::{seconds, token, ClientArgs, EXIT_AUTH, EXIT_CONFIG};
 
 pub fn run(args: ClientArgs) -> Result<(), (u8, String)> {
@@ -21,7 +22,7 @@ pub fn run(args: ClientArgs) -> Result<(), (u8, String)> {
             .await
             .map_err(|e| (1, format!("cannot listen on {listen}: {e}")))?;
         let local = listener.local_addr().map_err(|e| (1, e.to_string()))?;
-        eprintln!("holdwire: forwarding {local} -> {}", args.server);
+        tracing::info!("forwarding {local} -> {}", args.server);
         let (auth_failed_tx, auth_failed) = smol::channel::bounded::<String>(1);
         let mut signals =
             async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
@@ -51,19 +52,19 @@ pub fn run(args: ClientArgs) -> Result<(), (u8, String)> {
                     smol::spawn(async move {
                         match connect(options).await {
                             Ok(stream) => {
-                                if let Err(e) = copy_bidirectional(tcp, stream).await {
-                                    eprintln!("holdwire: connection from {peer}: {e}");
-                                }
+                                let log = SessionLog::opened(&stream, &format!("for {peer}"));
+                                let result = copy_bidirectional(stream.clone(), tcp).await;
+                                log.closed(&stream, &result.map(|(down, up)| (down, Some(up))));
                             }
                             Err(e) if e.kind() == ErrorKind::PermissionDenied => {
                                 let _ = auth_failed.try_send(e.to_string());
                             }
-                            Err(e) => eprintln!("holdwire: connection from {peer}: {e}"),
+                            Err(e) => tracing::warn!("connection from {peer}: {e}"),
                         }
                     })
                     .detach();
                 }
-                Next::Conn(Err(e)) => eprintln!("holdwire: accept failed: {e}"),
+                Next::Conn(Err(e)) => tracing::warn!("accept failed: {e}"),
                 Next::AuthFailed(m) => return Err((EXIT_AUTH, format!("server refused us: {m}"))),
                 Next::Stop => return Ok(()),
             }
@@ -81,6 +82,8 @@ async fn stdio(options: ClientOptions) -> Result<(), (u8, String)> {
         };
         (code, format!("cannot open the session: {e}"))
     })?;
+    let log = SessionLog::opened(&stream, "stdio");
+    let observer = stream.clone();
     let mut writer: Stream = stream.clone();
     let up = async move {
         let stdin = smol::Unblock::new(std::io::stdin());
@@ -99,6 +102,13 @@ async fn stdio(options: ClientOptions) -> Result<(), (u8, String)> {
     let up = smol::spawn(up);
     let copied = down.await;
     drop(up);
+    log.closed(
+        &observer,
+        &copied
+            .as_ref()
+            .map(|&n| (n, None))
+            .map_err(|e| std::io::Error::new(e.kind(), e.to_string())),
+    );
     copied
         .map(|_| ())
         .map_err(|e| (1, format!("session failed: {e}")))

@@ -60,8 +60,8 @@ pub fn run(args: ServerArgs) -> Result<(), (u8, String)> {
         // (Addresses were checked before; what fails here is binding them.)
         let addr = listener.local_addr().map_err(|e| (1, e.to_string()))?;
         listener.log_refusals(true);
-        eprintln!(
-            "holdwire: serving http://{addr}{} -> {}{}",
+        tracing::info!(
+            "serving http://{addr}{} -> {}{}",
             args.path,
             args.target,
             listener
@@ -91,14 +91,14 @@ pub fn run(args: ServerArgs) -> Result<(), (u8, String)> {
                     let target = args.target.clone();
                     let registry = sessions.clone();
                     smol::spawn(async move {
-                        if let Err(e) = serve_session(stream, &target).await {
-                            log(&format!("session from {peer}: {e}"));
-                        }
+                        let log = SessionLog::opened(&stream, &peer.to_string());
+                        let result = serve_session(stream.clone(), &target).await;
+                        log.closed(&stream, &result.map(|(down, up)| (down, Some(up))));
                         registry.lock().expect("not poisoned").remove(&id);
                     })
                     .detach();
                 }
-                Some(Err(e)) => log(&format!("accept failed: {e}")),
+                Some(Err(e)) => tracing::warn!("accept failed: {e}"),
                 None => break,
             }
         }
@@ -107,8 +107,9 @@ pub fn run(args: ServerArgs) -> Result<(), (u8, String)> {
     })
 }
 
-/// Connects a session to the target and copies both ways, half-closes included.
-pub async fn serve_session(stream: Stream, target: &str) -> std::io::Result<()> {
+/// Connects a session to the target and copies both ways, half-closes included: the bytes
+/// received from the tunnel and sent into it.
+pub async fn serve_session(stream: Stream, target: &str) -> std::io::Result<(u64, u64)> {
     let connect = TcpStream::connect(target);
     let timeout = async {
         smol::Timer::after(TARGET_CONNECT_TIMEOUT).await;
@@ -125,7 +126,62 @@ pub async fn serve_session(stream: Stream, target: &str) -> std::io::Result<()> 
         }
     };
     let _ = tcp.set_nodelay(true);
-    copy_bidirectional(stream, tcp).await.map(|_| ())
+    copy_bidirectional(stream, tcp).await
+}
+
+/// The log lines of one session: one when it opens, one when it closes with its counters.
+pub struct SessionLog {
+    id: String,
+    started: Instant,
+}
+
+impl SessionLog {
+    /// Logs the opening of `stream` (from or to `peer`).
+    pub fn opened(stream: &Stream, peer: &str) -> SessionLog {
+        // A prefix of the id is enough to match the two ends' lines, and does not hand the
+        // whole id to whoever reads the logs.
+        let id = match stream.session_id() {
+            Some(id) => id.to_string()[..8].to_string(),
+            None => "direct".to_string(),
+        };
+        tracing::info!("session {id} opened ({peer})");
+        SessionLog {
+            id,
+            started: Instant::now(),
+        }
+    }
+
+    /// Logs the end of the session from the result of copying it (bytes received from the
+    /// tunnel, bytes sent into it; `None` if not counted): requests, failures, resends, the
+    /// round-trip time where measured, and why it ended.
+    pub fn closed(&self, stream: &Stream, result: &std::io::Result<(u64, Option<u64>)>) {
+        let counters = match stream.stats() {
+            Some(s) => format!(
+                ", {} requests ({} failed), {} of {} messages resent{}",
+                s.exchanges,
+                s.failed_exchanges,
+                s.messages_resent,
+                s.messages_sent,
+                s.srtt
+                    .map(|rtt| format!(", rtt {:.1} ms", rtt.as_secs_f64() * 1e3))
+                    .unwrap_or_default()
+            ),
+            None => String::new(),
+        };
+        let secs = self.started.elapsed().as_secs_f64();
+        match result {
+            Ok((received, sent)) => tracing::info!(
+                "session {} closed after {secs:.1} s: {}{received} bytes received{counters}",
+                self.id,
+                sent.map(|n| format!("{n} bytes sent, "))
+                    .unwrap_or_default()
+            ),
+            Err(e) => tracing::warn!(
+                "session {} failed after {secs:.1} s: {e}{counters}",
+                self.id
+            ),
+        }
+    }
 }
 
 /// SIGINT/SIGTERM: stop accepting, end every session's stream cleanly (clients read EOF after
@@ -139,7 +195,7 @@ async fn shut_down(listener: Listener, sessions: &Sessions, grace: Duration) {
         .values()
         .cloned()
         .collect();
-    log(&format!("shutting down: ending {} session(s)", open.len()));
+    tracing::info!("shutting down: ending {} session(s)", open.len());
     for mut stream in open {
         let _ = stream.close().await;
     }
@@ -180,8 +236,4 @@ pub fn check_host_port(flag: &str, value: &str) -> Result<(), String> {
         }
         _ => Err(format!("{flag} must be HOST:PORT, not {value:?}")),
     }
-}
-
-fn log(message: &str) {
-    eprintln!("holdwire: {message}");
 }

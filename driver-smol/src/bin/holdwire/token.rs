@@ -7,9 +7,9 @@ use crate::TokenArgs;
 /// The token, `None` with `--no-auth`, or a configuration error.
 pub fn resolve(args: &TokenArgs) -> Result<Option<Token>, String> {
     if args.no_auth {
-        eprintln!(
-            "holdwire: WARNING: authentication is off (--no-auth): anyone who learns a session id \
-             can read or inject data"
+        tracing::warn!(
+            "authentication is off (--no-auth): anyone who learns a session id can inject data, \
+             and anyone on the path can read it"
         );
         return Ok(None);
     }
