@@ -31,6 +31,10 @@ use crate::time::{self, Instant};
 use crate::url::{Scheme, Url};
 use crate::wire::{self, AbortCode, DecodeError, Header, SessionId, NONCE_LEN};
 
+/// An answer this large shows bulk data from the server (its bundles carry at least 64 KiB of
+/// new data each, whatever its send window).
+const BULK_ANSWER: usize = 48 * 1024;
+
 /// Identifies one of the client's connection slots (or one server-side connection).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub u64);
@@ -132,6 +136,8 @@ struct InFlight {
     slot: usize,
     sent_at: Instant,
     answer_by: Instant,
+    /// Bytes of the request, head and body.
+    len: usize,
     carried_data: bool,
     carried_close: bool,
     /// The request whose sending shortened this one's deadline (the server answers this one
@@ -233,7 +239,7 @@ impl Client {
             .collect();
         let rtt = RttEstimator::new(config.initial_rto, config.min_rto, config.max_rto);
         Client {
-            stream: Stream::new(&config.session),
+            stream: Stream::new(&config.session, false),
             server_max_wait: config.assumed_max_wait,
             endpoint,
             session,
@@ -293,6 +299,12 @@ impl Client {
     /// The smoothed round-trip time, once measured.
     pub fn srtt(&self) -> Option<Duration> {
         self.rtt.srtt
+    }
+
+    /// The send window: bytes that may be unacknowledged at once, from the measured delivery
+    /// rate and round-trip time.
+    pub fn send_window(&self) -> u64 {
+        self.stream.send.send_window()
     }
 
     /// Requests currently outstanding.
@@ -462,10 +474,23 @@ impl Client {
         let Some(rid) = self.rid_on_slot(slot) else {
             return;
         };
-        let rto = self.rtt.rto();
+        // The forcing request reaches the server once the requests ahead of it on the path
+        // have drained: allow for that at the measured delivery rate.
+        let queued: usize = self.in_flight.iter().map(|r| r.len).sum();
+        let drain = self
+            .stream
+            .send
+            .delivery_rate()
+            .map_or(Duration::ZERO, |rate| {
+                Duration::from_micros(
+                    u64::try_from(queued as u128 * 1_000_000 / u128::from(rate.max(1)))
+                        .unwrap_or(u64::MAX),
+                )
+            });
+        let by = now + self.rtt.rto() + drain.min(self.config.max_rto);
         for r in &mut self.in_flight {
             if r.forced_by == Some(rid) {
-                r.answer_by = r.answer_by.min(now + rto);
+                r.answer_by = r.answer_by.min(by);
             }
         }
     }
@@ -637,6 +662,7 @@ impl Client {
             slot,
             sent_at: now,
             answer_by: now + self.server_max_wait + rto,
+            len: buf.len() - start,
             carried_data,
             carried_close,
             forced_by: None,
@@ -929,10 +955,10 @@ impl Client {
         }
     }
 
-    /// Asks for one more held request while answers come back full (the server has more to
-    /// send than the parked requests carry per round trip).
+    /// Asks for one more held request while answers come back large (the server is sending in
+    /// bulk, and its send window may need more parked requests per round trip than it has).
     fn adapt_hold(&mut self, now: Instant, answer_len: usize) {
-        if answer_len >= self.config.session.max_bundle_len / 2 {
+        if answer_len >= (self.config.session.max_bundle_len / 2).min(BULK_ANSWER) {
             self.last_full_answer = now;
             if self.hold_target < self.config.max_hold {
                 self.hold_target += 1;

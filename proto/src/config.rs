@@ -29,6 +29,12 @@ pub struct SessionConfig {
     /// A message is deemed lost when one sent this much later (or a round trip later, if
     /// longer) was delivered first.
     pub reorder_window: Duration,
+    /// The send window (bytes unacknowledged at once) before the path is measured.
+    pub initial_send_window: usize,
+    /// The send window never shrinks below this.
+    pub min_send_window: usize,
+    /// The send window never grows beyond this (the peer's receive window also limits it).
+    pub max_send_window: usize,
 }
 
 impl Default for SessionConfig {
@@ -43,6 +49,9 @@ impl Default for SessionConfig {
             wire: WireLimits::default(),
             http: HttpLimits::default(),
             reorder_window: Duration::from_millis(20),
+            initial_send_window: 1024 * 1024,
+            min_send_window: 256 * 1024,
+            max_send_window: 64 * 1024 * 1024,
         }
     }
 }

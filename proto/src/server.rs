@@ -544,7 +544,7 @@ impl Server {
             self.sessions.insert(
                 id,
                 Session {
-                    stream: Stream::new(&self.config.session),
+                    stream: Stream::new(&self.config.session, true),
                     held: VecDeque::new(),
                     hold: 1,
                     max_rid: 0,

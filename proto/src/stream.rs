@@ -6,10 +6,13 @@
 //! deemed lost, and only then resent, when:
 //! - the bundle that carried it is known to be lost (a failed exchange, an `UNREADABLE` report, or
 //!   a response to the request that carried it which does not acknowledge it), or
-//! - a bundle sent more than `reorder_window` after it was delivered while it was not (RACK).
+//! - (server side only, as a safety net) a bundle sent more than four round trips, and at least
+//!   `reorder_window`, after it was delivered while it was not (RACK).
 //!
 //! The receiver advertises a window in bytes counted from its cumulative acknowledgement, and keeps
-//! out-of-order messages within that window and within `max_out_of_order` entries.
+//! out-of-order messages within that window and within `max_out_of_order` entries. The sender
+//! also keeps its bytes in flight within a send window of about two bandwidth-delay products of
+//! the path, measured from delivery rate and round-trip samples (see `SendWindow`).
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
@@ -30,6 +33,8 @@ use crate::wire::{
 /// most its send buffer unacknowledged, so this is never reached by a well-behaved peer, and it
 /// keeps every sequence computation far from overflow.
 const MAX_SEQ_AHEAD: u64 = 1 << 40;
+/// New data per bundle is at least this much, whatever the send window.
+const MIN_NEW_PER_BUNDLE: usize = 64 * 1024;
 /// Most `UNREADABLE` reports taken from one bundle.
 pub(crate) const MAX_REPORTS: usize = 16;
 
@@ -112,8 +117,86 @@ struct Entry {
     /// Identifies the bundle (exchange) that last carried it.
     bundle: u64,
     sent_at: Instant,
+    /// The sender's delivered-bytes count when this was last sent (for rate samples).
+    delivered_at_send: u64,
+    /// Sent more than once: its acknowledgement may be for an earlier copy, so it gives no
+    /// round-trip sample (Karn's rule).
+    resent: bool,
     acked: bool,
     lost: bool,
+}
+
+/// The send window: how many bytes may be unacknowledged at once, from the measured delivery
+/// rate and round-trip time of the path (its bandwidth-delay product), as BBR estimates them.
+///
+/// Many parallel HTTP connections each carrying a large body overfill a bottleneck's queue
+/// (and delay every request behind it): keeping about two bandwidth-delay products in
+/// flight fills the path without that. The window doubles per round trip while the delivery
+/// rate keeps up (a sample is the bytes delivered between a message's sending and its
+/// acknowledgement over that time), so it also grows to fill long fat paths.
+#[derive(Debug)]
+struct SendWindow {
+    /// Bytes acknowledged so far (cumulatively or selectively).
+    delivered: u64,
+    /// The window in bytes.
+    bytes: u64,
+    min: u64,
+    max: u64,
+    /// The lowest round trip seen, and when; forgotten after `MIN_RTT_LIFETIME`.
+    min_rtt: Option<(Duration, Instant)>,
+    /// Highest delivery rate (bytes per second) in this period and the previous one.
+    rate_now: u64,
+    rate_before: u64,
+    period_start: Instant,
+}
+
+/// How long a round-trip minimum stays valid (paths change).
+const MIN_RTT_LIFETIME: Duration = Duration::from_secs(10);
+/// The window in bandwidth-delay products.
+const WINDOW_GAIN: u64 = 2;
+
+impl SendWindow {
+    fn new(initial: u64, min: u64, max: u64) -> Self {
+        SendWindow {
+            delivered: 0,
+            bytes: initial.clamp(min, max),
+            min,
+            max,
+            min_rtt: None,
+            rate_now: 0,
+            rate_before: 0,
+            period_start: Instant::ZERO,
+        }
+    }
+
+    /// A delivery sample: the newest message just acknowledged was sent at `sent_at`, when
+    /// `delivered_then` bytes had been delivered.
+    fn sample(&mut self, now: Instant, sent_at: Instant, delivered_then: u64) {
+        let rtt = now.saturating_duration_since(sent_at);
+        if self.min_rtt.is_none_or(|(min, at)| {
+            rtt <= min || now.saturating_duration_since(at) > MIN_RTT_LIFETIME
+        }) {
+            self.min_rtt = Some((rtt, now));
+        }
+        let Some((min_rtt, _)) = self.min_rtt else {
+            return;
+        };
+        let micros = rtt.as_micros().max(1);
+        let bytes = u128::from(self.delivered.saturating_sub(delivered_then));
+        let rate = u64::try_from(bytes * 1_000_000 / micros).unwrap_or(u64::MAX);
+        // The maximum over two periods of ten round trips each.
+        let period = (min_rtt * 10).max(Duration::from_millis(50));
+        if now.saturating_duration_since(self.period_start) > period {
+            self.rate_before = self.rate_now;
+            self.rate_now = 0;
+            self.period_start = now;
+        }
+        self.rate_now = self.rate_now.max(rate);
+        let best = u128::from(self.rate_now.max(self.rate_before));
+        let bdp = best * min_rtt.as_micros() / 1_000_000;
+        let window = u64::try_from(bdp * u128::from(WINDOW_GAIN)).unwrap_or(u64::MAX);
+        self.bytes = window.clamp(self.min, self.max);
+    }
 }
 
 /// RFC 6298 round-trip estimation.
@@ -177,13 +260,17 @@ pub(crate) struct SendQueue {
     fin_requested: bool,
     fin_seq: Option<u64>,
     peer_window: u64,
+    window: SendWindow,
+    /// Bytes of entries acknowledged selectively (still queued behind a gap).
+    sacked_bytes: usize,
     delivered_sent_at: Option<Instant>,
     /// A write was refused or cut short: report `Writable` when room appears.
     writer_blocked: bool,
 }
 
 impl SendQueue {
-    pub(crate) fn new(cap: usize) -> Self {
+    pub(crate) fn new(config: &SessionConfig) -> Self {
+        let cap = config.send_buffer;
         SendQueue {
             pending: BytesMut::new(),
             entries: VecDeque::new(),
@@ -195,6 +282,12 @@ impl SendQueue {
             fin_seq: None,
             // Until the peer states its window, assume one message fits.
             peer_window: 64 * 1024,
+            window: SendWindow::new(
+                config.initial_send_window as u64,
+                config.min_send_window as u64,
+                (config.max_send_window as u64).max(config.min_send_window as u64),
+            ),
+            sacked_bytes: 0,
             delivered_sent_at: None,
             writer_blocked: false,
         }
@@ -256,7 +349,28 @@ impl SendQueue {
     }
 
     fn can_send_new(&self) -> bool {
-        !self.pending.is_empty() && (self.entries_bytes as u64) < self.peer_window
+        !self.pending.is_empty() && self.window_room() > 0
+    }
+
+    /// New bytes that may be sent now: within the peer's receive window (counting everything
+    /// unacknowledged) and within the send window (counting what is still in flight).
+    fn window_room(&self) -> u64 {
+        let unacked = self.entries_bytes as u64;
+        let in_flight = unacked - self.sacked_bytes as u64;
+        self.peer_window
+            .saturating_sub(unacked)
+            .min(self.window.bytes.saturating_sub(in_flight))
+    }
+
+    /// The highest recent delivery rate in bytes per second, once measured.
+    pub(crate) fn delivery_rate(&self) -> Option<u64> {
+        let best = self.window.rate_now.max(self.window.rate_before);
+        (best > 0).then_some(best)
+    }
+
+    /// The current send window in bytes.
+    pub(crate) fn send_window(&self) -> u64 {
+        self.window.bytes
     }
 
     fn fin_sendable(&self) -> bool {
@@ -297,10 +411,16 @@ impl SendQueue {
             used += cost;
             out.push(seq);
         }
-        // New data within the peer's window.
+        // New data within the windows, at most a quarter of the send window per bundle so
+        // that several requests share it (one request per window would wait a round trip).
+        let mut new_budget = usize::try_from(self.window.bytes / 4)
+            .unwrap_or(usize::MAX)
+            .max(MIN_NEW_PER_BUNDLE);
         while out.len() < max_messages && !self.pending.is_empty() {
-            let window_room = self.peer_window.saturating_sub(self.entries_bytes as u64);
-            let space = budget.saturating_sub(used + MESSAGE_OVERHEAD);
+            let window_room = self.window_room();
+            let space = budget
+                .saturating_sub(used + MESSAGE_OVERHEAD)
+                .min(new_budget.saturating_sub(MESSAGE_OVERHEAD));
             let n = self
                 .pending
                 .len()
@@ -312,6 +432,7 @@ impl SendQueue {
             }
             let data = self.pending.split_to(n).freeze();
             used += MESSAGE_OVERHEAD + n;
+            new_budget = new_budget.saturating_sub(MESSAGE_OVERHEAD + n);
             self.entries_bytes += n;
             out.push(self.next_seq());
             self.entries.push_back(Entry {
@@ -319,6 +440,8 @@ impl SendQueue {
                 fin: false,
                 bundle: 0,
                 sent_at: Instant::ZERO,
+                delivered_at_send: 0,
+                resent: false,
                 acked: false,
                 lost: false,
             });
@@ -334,6 +457,8 @@ impl SendQueue {
                 fin: true,
                 bundle: 0,
                 sent_at: Instant::ZERO,
+                delivered_at_send: 0,
+                resent: false,
                 acked: false,
                 lost: false,
             });
@@ -362,11 +487,13 @@ impl SendQueue {
             }
             if entry.lost {
                 stats.messages_resent += 1;
+                entry.resent = true;
             }
             stats.messages_sent += 1;
             entry.lost = false;
             entry.bundle = bundle;
             entry.sent_at = now;
+            entry.delivered_at_send = self.window.delivered;
         }
     }
 
@@ -377,7 +504,7 @@ impl SendQueue {
         ack: u64,
         sacks: impl Iterator<Item = SackRange>,
         window: u32,
-        reorder_window: Duration,
+        reorder_window: Option<Duration>,
     ) -> Result<(), &'static str> {
         let next = self.next_seq();
         if ack > next {
@@ -387,10 +514,13 @@ impl SendQueue {
             // A bundle overtaken by a newer acknowledgement carries a stale window.
             self.peer_window = u64::from(window);
         }
-        let mut newest: Option<Instant> = None;
-        let mut note = |sent_at: Instant| {
-            if newest.is_none_or(|n| sent_at > n) {
-                newest = Some(sent_at);
+        // The newest message newly acknowledged: (sent at, delivered count then, resent).
+        let mut newest: Option<(Instant, u64, bool)> = None;
+        let mut delivered = 0u64;
+        let mut note = |entry: &Entry| {
+            delivered += entry.data.len().max(1) as u64;
+            if newest.is_none_or(|(n, _, _)| entry.sent_at > n) {
+                newest = Some((entry.sent_at, entry.delivered_at_send, entry.resent));
             }
         };
         while self.base < ack {
@@ -400,8 +530,10 @@ impl SendQueue {
             };
             self.base += 1;
             self.entries_bytes -= entry.data.len();
-            if !entry.acked {
-                note(entry.sent_at);
+            if entry.acked {
+                self.sacked_bytes -= entry.data.len();
+            } else {
+                note(&entry);
             }
         }
         for range in sacks {
@@ -414,21 +546,32 @@ impl SendQueue {
                 let entry = &mut self.entries[i];
                 if !entry.acked {
                     entry.acked = true;
-                    note(entry.sent_at);
+                    self.sacked_bytes += entry.data.len();
+                    note(entry);
                 }
             }
         }
+        self.window.delivered += delivered;
+        if let Some((sent_at, delivered_then, false)) = newest {
+            self.window.sample(now, sent_at, delivered_then);
+        }
+        let newest = newest.map(|(sent_at, _, _)| sent_at);
         if let Some(n) = newest {
             if self.delivered_sent_at.is_none_or(|d| n > d) {
                 self.delivered_sent_at = Some(n);
             }
         }
         // RACK (RFC 8985): a message sent more than the reorder window before one already
-        // delivered is not coming. Parallel connections through a busy proxy reorder by far
-        // more than TCP's quarter round trip, so the window is a whole round trip (of the
-        // message just delivered), at least `reorder_window`.
+        // delivered is not coming. Parallel connections through a busy path reorder by far
+        // more than TCP's quarter round trip (one connection's body waits behind another's
+        // in the bottleneck queue), and the peer reports lost exchanges exactly, so this is a
+        // safety net: the window is four round trips (of the message just delivered), at
+        // least `reorder_window`.
+        let Some(reorder_window) = reorder_window else {
+            return Ok(());
+        };
         let window = newest.map_or(reorder_window, |sent| {
-            reorder_window.max(now.saturating_duration_since(sent))
+            reorder_window.max(now.saturating_duration_since(sent) * 4)
         });
         if let Some(horizon) = self.delivered_sent_at.map(|d| d - window) {
             for (i, entry) in self.entries.iter_mut().enumerate() {
@@ -667,7 +810,8 @@ pub(crate) struct Stream {
     pub stats: Stats,
     sack_scratch: Vec<SackRange>,
     plan_scratch: Vec<u64>,
-    reorder_window: Duration,
+    /// The RACK reorder window; `None` where every loss is detected exactly instead.
+    reorder_window: Option<Duration>,
 }
 
 /// A bundle ready to be written: its exact length is known before the HTTP head is.
@@ -679,14 +823,18 @@ pub(crate) struct PlannedBundle {
 }
 
 impl Stream {
-    pub(crate) fn new(config: &SessionConfig) -> Self {
+    /// `rack`: detect losses by reordering (RACK). The client does not need it: each answer
+    /// acknowledges its own request's messages, so a message is lost exactly when its request
+    /// fails or its answer does not acknowledge it; guessing from reordering across parallel
+    /// connections would only resend what is still on its way.
+    pub(crate) fn new(config: &SessionConfig, rack: bool) -> Self {
         Stream {
-            send: SendQueue::new(config.send_buffer),
+            send: SendQueue::new(config),
             recv: RecvQueue::new(config.recv_buffer, config.max_out_of_order),
             stats: Stats::default(),
             sack_scratch: Vec::new(),
             plan_scratch: Vec::new(),
-            reorder_window: config.reorder_window,
+            reorder_window: rack.then_some(config.reorder_window),
         }
     }
 

@@ -109,3 +109,46 @@ fn held_requests_grow_with_the_path_and_settle() {
     );
     assert_eq!(last, config.hold, "back to the idle count once quiet");
 }
+
+#[test]
+fn send_window_converges_to_the_path_and_stays_there() {
+    // 80 ms at 50 Mbit/s: a bandwidth-delay product of 500 kB. Uploading 64 MiB, the client's
+    // send window must settle near two of them within a bounded number of round trips, and
+    // then not swing beyond a bound.
+    let bdp = 50_000_000 / 8 * 80 / 1000;
+    let mut sim = Sim::new(
+        SimConfig {
+            latency: Duration::from_millis(40),
+            rate: 50_000_000 / 8,
+            ..SimConfig::default()
+        },
+        ClientConfig::default(),
+        ServerConfig::default(),
+        Workload {
+            client_sends: payload(4, 64 << 20),
+            finish: false,
+            ..Workload::default()
+        },
+        1,
+    );
+    let mut windows = Vec::new();
+    // One sample per round trip for 100 round trips (8 s of the ~11 s transfer).
+    for rtt in 1..=100u64 {
+        sim.config.max_time = Duration::from_millis(rtt * 80);
+        sim.run().unwrap();
+        windows.push(sim.clients[0].core.send_window());
+    }
+    let settled = &windows[20..];
+    let (lo, hi) = (
+        *settled.iter().min().unwrap(),
+        *settled.iter().max().unwrap(),
+    );
+    println!("send window after 20 round trips: {lo}..{hi} bytes (bdp {bdp})");
+    assert!(
+        lo >= bdp && hi <= 4 * bdp,
+        "window {lo}..{hi} outside 1..4 bandwidth-delay products ({bdp})"
+    );
+    assert!(hi <= 2 * lo, "window swings {lo}..{hi}");
+    let (up_max, _) = sim.max_client_buffered;
+    assert!(up_max <= ClientConfig::default().session.send_buffer);
+}
