@@ -51,6 +51,7 @@ pub fn run(args: ClientArgs) -> Result<(), (u8, String)> {
                     smol::spawn(async move {
                         match connect(options).await {
                             Ok(stream) => {
+                                eprintln!("holdwire: connection from {peer}: {}", path(&stream));
                                 if let Err(e) = copy_bidirectional(tcp, stream).await {
                                     eprintln!("holdwire: connection from {peer}: {e}");
                                 }
@@ -81,6 +82,7 @@ async fn stdio(options: ClientOptions) -> Result<(), (u8, String)> {
         };
         (code, format!("cannot open the session: {e}"))
     })?;
+    eprintln!("holdwire: stdio: {}", path(&stream));
     let mut writer: Stream = stream.clone();
     let up = async move {
         let stdin = smol::Unblock::new(std::io::stdin());
@@ -102,6 +104,15 @@ async fn stdio(options: ClientOptions) -> Result<(), (u8, String)> {
     copied
         .map(|_| ())
         .map_err(|e| (1, format!("session failed: {e}")))
+}
+
+/// How a stream reaches the server, for the log: the direct path or a session id.
+fn path(stream: &Stream) -> String {
+    match stream.session_id() {
+        _ if stream.is_direct() => "direct TCP".to_string(),
+        Some(id) => format!("HTTP session {id}"),
+        None => "HTTP session".to_string(),
+    }
 }
 
 fn options(args: &ClientArgs) -> Result<ClientOptions, String> {
