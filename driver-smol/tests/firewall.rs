@@ -56,6 +56,17 @@ fn skip(why: &str) -> bool {
     false
 }
 
+/// One lab at a time in this test binary: the fallback bound is timed, and four labs starting
+/// at once on two cores would time CPU contention instead.
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Serializes the lab tests (a failed test's poisoned lock is still usable).
+fn serialize() -> std::sync::MutexGuard<'static, ()> {
+    ONE_LAB_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Root and the tools the lab needs.
 fn lab_possible() -> bool {
     if !rustix::process::geteuid().is_root() {
@@ -618,6 +629,7 @@ const MIB: usize = 1024 * 1024;
 
 /// Direct TCP blocked by `firewall`: the client falls back to the proxy within the bound.
 fn falls_back(firewall: Firewall) {
+    let _serial = serialize();
     if !lab_possible() {
         return;
     }
@@ -662,6 +674,7 @@ fn direct_blocked_by_reset_falls_back_to_the_proxy_within_3_s() {
 
 #[test]
 fn open_firewall_goes_direct() {
+    let _serial = serialize();
     if !lab_possible() {
         return;
     }
@@ -689,6 +702,7 @@ fn open_firewall_goes_direct() {
 
 #[test]
 fn bulk_transfer_through_the_proxy_survives_loss() {
+    let _serial = serialize();
     if !lab_possible() {
         return;
     }
