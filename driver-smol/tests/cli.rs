@@ -1399,7 +1399,8 @@ fn malformed_addresses_are_config_errors() {
     let mut failures = Vec::new();
     for (what, args, mention) in cases {
         let mut p = Proc::start(what, holdwire(&args), false);
-        let status = p.wait_exit(Duration::from_secs(3));
+        // Generous: a loaded CI machine can take seconds just to start a process.
+        let status = p.wait_exit(Duration::from_secs(15));
         let err = p.stderr();
         match status.and_then(|s| s.code()) {
             Some(2) if err.contains(mention) => {}
@@ -1408,7 +1409,7 @@ fn malformed_addresses_are_config_errors() {
                 err.trim()
             )),
             None => failures.push(format!(
-                "{what}: still running after 3 s, stderr {:?} (want exit 2 before starting)",
+                "{what}: still running after 15 s, stderr {:?} (want exit 2 before starting)",
                 err.trim()
             )),
         }

@@ -52,7 +52,8 @@ pub fn run(args: ClientArgs) -> Result<(), (u8, String)> {
                     smol::spawn(async move {
                         match connect(options).await {
                             Ok(stream) => {
-                                let log = SessionLog::opened(&stream, &format!("for {peer}"));
+                                let log =
+                                    SessionLog::opened(&stream, &format!("connection from {peer}"));
                                 let result = copy_bidirectional(stream.clone(), tcp).await;
                                 log.closed(&stream, &result.map(|(down, up)| (down, Some(up))));
                             }
@@ -114,6 +115,7 @@ async fn stdio(options: ClientOptions) -> Result<(), (u8, String)> {
         .map_err(|e| (1, format!("session failed: {e}")))
 }
 
+/// How a stream reaches the server, for the log: the direct path or a session id.
 fn options(args: &ClientArgs) -> Result<ClientOptions, String> {
     if let Some(listen) = &args.listen {
         crate::serve::check_host_port("--listen", listen)?;

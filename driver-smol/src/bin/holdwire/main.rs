@@ -154,8 +154,9 @@ pub struct ClientArgs {
     /// Try direct TCP to this address first, then fall back to HTTP.
     #[arg(long, value_name = "HOST:PORT")]
     pub direct: Option<String>,
-    /// Seconds the direct attempt may take.
-    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+    /// Seconds the direct attempt may take (a firewall that drops it delays the fallback
+    /// this long).
+    #[arg(long, value_name = "SECS", default_value_t = 1.5)]
     pub direct_timeout: f64,
     /// Extra root certificate (PEM) for https:// servers.
     #[arg(long, value_name = "FILE")]

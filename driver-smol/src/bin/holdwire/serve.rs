@@ -91,7 +91,7 @@ pub fn run(args: ServerArgs) -> Result<(), (u8, String)> {
                     let target = args.target.clone();
                     let registry = sessions.clone();
                     smol::spawn(async move {
-                        let log = SessionLog::opened(&stream, &peer.to_string());
+                        let log = SessionLog::opened(&stream, &format!("session from {peer}"));
                         let result = serve_session(stream.clone(), &target).await;
                         log.closed(&stream, &result.map(|(down, up)| (down, Some(up))));
                         registry.lock().expect("not poisoned").remove(&id);
@@ -141,10 +141,10 @@ impl SessionLog {
         // A prefix of the id is enough to match the two ends' lines, and does not hand the
         // whole id to whoever reads the logs.
         let id = match stream.session_id() {
-            Some(id) => id.to_string()[..8].to_string(),
-            None => "direct".to_string(),
+            Some(id) if !stream.is_direct() => format!("HTTP session {}", &id.to_string()[..8]),
+            _ => "direct TCP connection".to_string(),
         };
-        tracing::info!("session {id} opened ({peer})");
+        tracing::info!("{peer}: {id} opened");
         SessionLog {
             id,
             started: Instant::now(),
@@ -171,15 +171,12 @@ impl SessionLog {
         let secs = self.started.elapsed().as_secs_f64();
         match result {
             Ok((received, sent)) => tracing::info!(
-                "session {} closed after {secs:.1} s: {}{received} bytes received{counters}",
+                "{} closed after {secs:.1} s: {}{received} bytes received{counters}",
                 self.id,
                 sent.map(|n| format!("{n} bytes sent, "))
                     .unwrap_or_default()
             ),
-            Err(e) => tracing::warn!(
-                "session {} failed after {secs:.1} s: {e}{counters}",
-                self.id
-            ),
+            Err(e) => tracing::warn!("{} failed after {secs:.1} s: {e}{counters}", self.id),
         }
     }
 }
