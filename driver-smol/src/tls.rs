@@ -233,13 +233,24 @@ impl ClientTls {
     fn describe_handshake_error(&self, e: io::Error) -> io::Error {
         let host = self.server_name.to_str();
         match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
-            Some(rustls::Error::InvalidCertificate(cert)) => io::Error::new(
-                io::ErrorKind::InvalidData,
-                CertificateRejected(format!(
-                    "TLS: the certificate of {host} was rejected: {cert:?} (is its CA among \
-                     the trusted roots?)"
-                )),
-            ),
+            Some(tls @ rustls::Error::InvalidCertificate(cert)) => {
+                let hint = match cert {
+                    rustls::CertificateError::UnknownIssuer => {
+                        "; add the CA that signed it to the trusted roots"
+                    }
+                    rustls::CertificateError::NotValidForName
+                    | rustls::CertificateError::NotValidForNameContext { .. } => {
+                        "; it is not valid for the host in the server URL"
+                    }
+                    _ => "",
+                };
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    CertificateRejected(format!(
+                        "TLS: the certificate of {host} was rejected ({tls}){hint}"
+                    )),
+                )
+            }
             Some(tls) => io::Error::new(e.kind(), format!("TLS handshake with {host}: {tls}")),
             None => io::Error::new(e.kind(), format!("TLS handshake with {host}: {e}")),
         }

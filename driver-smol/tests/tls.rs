@@ -151,7 +151,7 @@ fn unknown_issuer_fails_opening_at_once() {
             .await
             .expect_err("wrong name");
         assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
-        assert!(e.to_string().contains("NotValidForName"), "{e}");
+        assert!(e.to_string().contains("not valid for name"), "{e}");
     });
 }
 

@@ -76,6 +76,12 @@ pub struct ServerArgs {
     /// Also accept direct TCP (for clients with --direct) on this address.
     #[arg(long, value_name = "ADDR")]
     pub direct_listen: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key (PKCS#8, RSA or EC) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// URL path prefix of the endpoint, for serving behind a reverse proxy.
     #[arg(long, value_name = "PREFIX", default_value = "/")]
     pub path: String,
@@ -117,7 +123,7 @@ pub struct ClientArgs {
     #[arg(
         long,
         value_name = "URL",
-        help = "The server endpoint, e.g. http://server.example:8080/"
+        help = "The server endpoint, e.g. http://server.example:8080/ or https://server.example/"
     )]
     pub server: String,
     #[arg(
@@ -132,7 +138,8 @@ pub struct ClientArgs {
     /// Seconds the direct attempt may take.
     #[arg(long, value_name = "SECS", default_value_t = 3.0)]
     pub direct_timeout: f64,
-    /// Extra root certificate (PEM) for https:// servers.
+    /// Also trust the root certificate(s) in this PEM file for https:// servers (the system's
+    /// roots are always trusted).
     #[arg(long, value_name = "FILE")]
     pub ca: Option<std::path::PathBuf>,
     #[command(flatten)]
