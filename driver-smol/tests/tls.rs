@@ -278,3 +278,102 @@ fn pem_loading_errors_name_the_file() {
     assert!(e.to_string().contains("do not fit"), "{e}");
     assert_eq!(tls::load_certs(&pki.ca).unwrap(), vec![pki.ca_der.clone()]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// holdwire-std's https client against this listener
+// ---------------------------------------------------------------------------------------------
+
+/// Starts a TLS echo listener on the global executor; it lives as long as the test process.
+fn std_echo_server(pki: &pki::Pki) -> SocketAddr {
+    smol::block_on(async {
+        let (listener, addr) = echo_listener(pki).await;
+        serve_echo(listener).detach();
+        addr
+    })
+}
+
+/// Sends `len` pattern bytes from a writer thread while reading the echo back on this one.
+fn std_echo_round(stream: &holdwire_std::Stream, seed: u64, len: usize) {
+    let mut payload = vec![0u8; len];
+    common::Pattern::new(seed).fill(&mut payload);
+    let mut writer = stream.try_clone().unwrap();
+    let sent = payload.clone();
+    let writing = std::thread::spawn(move || writer.write_all(&sent));
+    let mut back = vec![0u8; len];
+    (&*stream).read_exact(&mut back).expect("read the echo");
+    writing.join().unwrap().expect("write");
+    assert!(back == payload, "the echo differs from what was sent");
+}
+
+/// holdwire-std over https: directly (2 MiB echoed, then round trips that reuse the TLS
+/// connections) and through tinyproxy's CONNECT with basic auth; an unknown issuer fails
+/// opening at once.
+#[test]
+fn std_client_over_https() {
+    let pki = pki::generate();
+    let addr = std_echo_server(&pki);
+    let (relay, connections) = counting_relay(addr);
+    let config = holdwire_std::tls::client_config(std::slice::from_ref(&pki.ca_der)).unwrap();
+    let mut options = ClientOptions::new(&format!("https://localhost:{}/", relay.port())).unwrap();
+    options.protocol.open_timeout = Duration::from_secs(20);
+    let mut stream = holdwire_std::Stream::connect_with_tls(options, config.clone())
+        .expect("https session from holdwire-std");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    std_echo_round(&stream, 3, 2 << 20);
+    let before = connections.load(Ordering::Relaxed);
+    for i in 0..50u32 {
+        let msg = format!("ping {i}");
+        stream.write_all(msg.as_bytes()).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        stream.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg.as_bytes());
+    }
+    let new_conns = connections.load(Ordering::Relaxed) - before;
+    eprintln!("holdwire-std https: 50 round trips on {new_conns} new TLS connections");
+    assert!(
+        new_conns < 10,
+        "{new_conns} new connections for 50 round trips"
+    );
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+
+    // An unknown issuer: the system roots alone.
+    let mut options = https_options(addr);
+    options.protocol.open_timeout = Duration::from_secs(120);
+    let started = std::time::Instant::now();
+    let e = holdwire_std::Stream::connect(options).expect_err("unknown issuer");
+    assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
+    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the certificate error must end opening, not the open timeout"
+    );
+
+    // Through tinyproxy's CONNECT, with its basic auth from the proxy URL.
+    let Some((_proxy, proxy)) = tinyproxy_with("BasicAuth hwuser hwpass") else {
+        return;
+    };
+    let options = https_options(addr)
+        .proxy(&format!("http://hwuser:hwpass@{proxy}"))
+        .unwrap();
+    let stream = holdwire_std::Stream::connect_with_tls(options, config.clone())
+        .expect("https through the CONNECT tunnel");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    std_echo_round(&stream, 4, 1 << 20);
+    let mut options = https_options(addr)
+        .proxy(&format!("http://{proxy}"))
+        .unwrap();
+    options.protocol.open_timeout = Duration::from_secs(120);
+    let e = holdwire_std::Stream::connect_with_tls(options, config).expect_err("no credentials");
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    assert!(
+        e.to_string().contains("proxy authentication required"),
+        "{e}"
+    );
+}
