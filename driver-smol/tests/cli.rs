@@ -1750,9 +1750,9 @@ fn tls_through_tinyproxy_connect_with_auth() {
     cmd.env("https_proxy", format!("http://{proxy}"));
     let mut p = Proc::start("holdwire client --stdio", cmd, true);
     let status = p.wait_exit(Duration::from_secs(20));
-    let err = p.stderr();
-    assert_eq!(status.and_then(|s| s.code()), Some(3), "{err}");
-    assert!(err.contains("proxy authentication required"), "{err}");
+    // The stderr thread may still be reading the last line.
+    p.wait_line("proxy authentication required", Duration::from_secs(5));
+    assert_eq!(status.and_then(|s| s.code()), Some(3), "{}", p.stderr());
     assert_eq!(echo.conns(), 2);
 }
 
@@ -1774,11 +1774,17 @@ fn tls_unknown_issuer_is_refused_clearly() {
     let mut tcp = connect(local);
     let _ = tcp.write_all(b"hello");
     let status = client_proc.wait_exit(Duration::from_secs(20));
-    let err = client_proc.stderr();
-    assert_eq!(status.and_then(|s| s.code()), Some(1), "{err}");
+    // The stderr thread may still be reading the last line.
+    let line = client_proc.wait_line("was rejected", Duration::from_secs(5));
     assert!(
-        err.contains("certificate of 127.0.0.1 was rejected") && err.contains("UnknownIssuer"),
-        "{err}"
+        line.contains("certificate of 127.0.0.1 was rejected") && line.contains("UnknownIssuer"),
+        "{line}"
+    );
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "{}",
+        client_proc.stderr()
     );
 
     let (code, _, err) = run_to_end(

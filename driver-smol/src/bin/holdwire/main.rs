@@ -4,6 +4,9 @@
 //!   each session to the target.
 //! - `holdwire client --listen ADDR --server URL` carries each local TCP connection through a
 //!   session of its own; `--stdio` carries stdin/stdout (for `ssh -o ProxyCommand=...`).
+//! - HTTPS: `server --tls-cert FILE --tls-key FILE`; clients take `https://` URLs and verify
+//!   the server against the system roots plus `--ca FILE`, through a proxy's `CONNECT` tunnel
+//!   when there is a proxy.
 //! - `holdwire demo` runs an echo target, a server and a client in one process and measures them.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error (reported before
