@@ -35,8 +35,8 @@ use smol::{Async, Timer};
 
 use crate::conn::{self, next_outbound, Input, Outbox, Step};
 
-/// How long a TLS handshake (and, on the client, TCP connect plus `CONNECT`) may take at most;
-/// also bounds sending `close_notify`.
+/// How long a TLS listener waits for a client's handshake; also bounds sending `close_notify`.
+/// (A client's TCP connect, `CONNECT` and handshake are bounded by its `connect_timeout`.)
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Handshakes a listener runs at once; connections beyond this are closed unanswered.
