@@ -22,6 +22,7 @@ use smol::channel::{self, Receiver};
 
 use crate::conn::{ConnHandle, Connect, Input};
 use crate::driver::{self, earlier, lock, CoreClock, Kicker, Wake, BATCH};
+use crate::tls::{ClientTls, TlsConnect};
 
 /// Requests and socket chunks queued for one client owner before its readers wait.
 const INBOX: usize = 16;
@@ -39,6 +40,8 @@ struct ClientState {
     core: Client,
     authority: String,
     connect_timeout: Duration,
+    /// For `https://` servers: how connections are opened.
+    tls: Option<Arc<ClientTls>>,
     /// The connection of each slot, with the key its task reports under.
     slots: Vec<Option<(u64, ConnHandle)>>,
     next_key: u64,
@@ -86,14 +89,14 @@ impl ClientState {
                         // which closes it.
                         let key = self.next_key;
                         self.next_key += 1;
-                        let conn = ConnHandle::spawn(
-                            Connect::Dial {
+                        let connect = match &self.tls {
+                            Some(tls) => Connect::Tls(TlsConnect::Dial(tls.clone())),
+                            None => Connect::Dial {
                                 authority: self.authority.clone(),
                                 timeout: self.connect_timeout,
                             },
-                            kicker.inbox().clone(),
-                            key,
-                        );
+                        };
+                        let conn = ConnHandle::spawn(connect, kicker.inbox().clone(), key);
                         conn.send(bytes, false);
                         self.slots[slot] = Some((key, conn));
                     }
@@ -175,14 +178,15 @@ impl ClientState {
                     self.core.handle_sent(now, conn);
                 }
             }
-            Input::Accepted(_) | Input::Kick => {}
+            Input::Accepted(_) | Input::AcceptedTls(_) | Input::Kick => {}
         }
     }
 }
 
 impl ClientShared {
-    /// Creates the session's core and starts its owner task.
-    pub(crate) fn start(options: &ClientOptions) -> Arc<ClientShared> {
+    /// Creates the session's core and starts its owner task; with `tls`, its connections are
+    /// TLS ones.
+    pub(crate) fn start(options: &ClientOptions, tls: Option<Arc<ClientTls>>) -> Arc<ClientShared> {
         let mut id = [0u8; 16];
         driver::random(&mut id);
         let mut nonce = [0u8; 16];
@@ -202,6 +206,7 @@ impl ClientShared {
                 core,
                 authority: options.http_connect_authority(),
                 connect_timeout: options.connect_timeout,
+                tls,
                 slots: Vec::new(),
                 next_key: 0,
                 buf: Vec::new(),

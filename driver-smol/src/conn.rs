@@ -55,6 +55,8 @@ pub(crate) enum Input {
     },
     /// An accepted TCP connection (server side).
     Accepted(Box<(Async<TcpStream>, SocketAddr)>),
+    /// An accepted TLS connection, handshake done (server side).
+    AcceptedTls(Box<(crate::tls::ServerStream, SocketAddr)>),
     /// The application moved a deadline earlier: recompute the timer.
     Kick,
 }
@@ -70,6 +72,8 @@ pub(crate) enum Connect {
         /// Bound on resolving and connecting.
         timeout: Duration,
     },
+    /// A TLS connection (see `tls`).
+    Tls(crate::tls::TlsConnect),
 }
 
 #[derive(Default)]
@@ -129,14 +133,14 @@ impl ConnHandle {
     }
 }
 
-enum Step {
+pub(crate) enum Step {
     Write(Vec<u8>),
     Shutdown,
     Read(io::Result<Option<Vec<u8>>>),
 }
 
 /// The next queued message, or `Shutdown` once the queue is empty after a `close_after`.
-fn next_outbound(out: &Outbox) -> impl Future<Output = Step> + '_ {
+pub(crate) fn next_outbound(out: &Outbox) -> impl Future<Output = Step> + '_ {
     poll_fn(move |cx| {
         let mut o = out.lock();
         if let Some(bytes) = o.queue.pop_front() {
@@ -167,6 +171,7 @@ fn read_now(socket: &TcpStream) -> io::Result<Option<Vec<u8>>> {
 async fn run(connect: Connect, out: Arc<Outbox>, inbox: Sender<Input>, key: u64) {
     let socket = match connect {
         Connect::Accepted(socket) => socket,
+        Connect::Tls(tls) => return crate::tls::run(tls, out, inbox, key).await,
         Connect::Dial { authority, timeout } => match dial(&authority, timeout).await {
             Ok(socket) => socket,
             Err(_) => {

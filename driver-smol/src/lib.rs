@@ -77,9 +77,16 @@
 //! delivered. If received data is left unread, or data arrives afterwards, the session is
 //! aborted instead (as TCP resets a socket closed with unread data).
 //!
+//! ## TLS
+//! `https://` server URLs work with [`Stream::connect`] (the system's root certificates) or
+//! [`Stream::connect_with_tls`] (your [`rustls::ClientConfig`], e.g. from
+//! [`tls::client_config`] with a private CA). Through a forward proxy each connection first
+//! opens the proxy's `CONNECT` tunnel. [`Listener::bind_tls`] serves HTTPS. See [`tls`].
+//!
 //! ## Scope
-//! `https://` servers and proxies are not supported by this driver yet: [`Stream::connect`]
-//! returns [`io::ErrorKind::Unsupported`]. The direct path is plain TCP with no holdwire framing.
+//! `https://` proxies (TLS to the proxy itself) are not supported: [`Stream::connect`]
+//! returns [`io::ErrorKind::Unsupported`]. The direct path is plain TCP with no holdwire
+//! framing (and no TLS).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -88,6 +95,7 @@ mod conn;
 mod direct;
 mod driver;
 mod server;
+pub mod tls;
 
 use std::future::poll_fn;
 use std::io;
@@ -102,6 +110,8 @@ use smol::io::AsyncWriteExt as _;
 
 pub use holdwire_proto as proto;
 pub use holdwire_proto::{ClientConfig, ClientOptions, ServerConfig, SessionId, Stats};
+/// The TLS library used for `https://`, re-exported so that configurations match its version.
+pub use rustls;
 pub use server::{Incoming, Listener};
 
 use client::ClientShared;
@@ -160,19 +170,54 @@ impl Stream {
     /// (if any) or the server opened within `connect_timeout`. How long opening may take
     /// before it fails is the core's decision (its failure count and silence timeout).
     ///
-    /// `https://` servers or proxies give [`io::ErrorKind::Unsupported`].
+    /// An `https://` server is verified against the system's root certificates
+    /// ([`tls::default_client_config`]); see [`connect_with_tls`](Self::connect_with_tls).
+    /// `https://` proxies give [`io::ErrorKind::Unsupported`].
     pub async fn connect(options: ClientOptions) -> io::Result<Stream> {
-        let tls = options.server.scheme == Scheme::Https
-            || options
-                .proxy
-                .as_ref()
-                .is_some_and(|p| p.scheme == Scheme::Https);
-        if tls {
+        let tls = match options.server.scheme {
+            Scheme::Https => Some(tls::default_client_config()?),
+            Scheme::Http => None,
+        };
+        Self::connect_inner(options, tls).await
+    }
+
+    /// As [`connect`](Self::connect), with `tls` for an `https://` server (ignored for
+    /// `http://`). Each HTTP connection of the session opens its own TCP connection (through
+    /// the proxy's `CONNECT` tunnel when there is a proxy) and TLS session, named by the
+    /// server URL's host; requests then use keep-alive as on plain HTTP.
+    ///
+    /// A certificate that fails verification, or a proxy that answers `CONNECT` with 407 or
+    /// 403, fails opening at once ([`io::ErrorKind::InvalidData`],
+    /// [`io::ErrorKind::PermissionDenied`], [`io::ErrorKind::ConnectionRefused`]); other
+    /// connection failures are retried until the core gives up, and its error then names the
+    /// last one.
+    pub async fn connect_with_tls(
+        options: ClientOptions,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> io::Result<Stream> {
+        Self::connect_inner(options, Some(tls)).await
+    }
+
+    async fn connect_inner(
+        options: ClientOptions,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> io::Result<Stream> {
+        if options
+            .proxy
+            .as_ref()
+            .is_some_and(|p| p.scheme == Scheme::Https)
+        {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                "https:// is not supported by holdwire-smol yet",
+                "https:// proxies are not supported by holdwire-smol",
             ));
         }
+        let tls = match tls {
+            Some(config) if options.server.scheme == Scheme::Https => {
+                Some(tls::ClientTls::new(&options, config)?)
+            }
+            _ => None,
+        };
         if let Some(addr) = &options.direct {
             let token = options.protocol.token.as_ref();
             let attempt = direct::within(options.direct_timeout, async {
@@ -188,8 +233,27 @@ impl Stream {
                 Err(_) => {}
             }
         }
-        let token = Arc::new(ClientToken(ClientShared::start(&options)));
-        poll_fn(|cx| token.0.poll_opened(cx)).await?;
+        let Some((tls, fatal)) = tls else {
+            let token = Arc::new(ClientToken(ClientShared::start(&options, None)));
+            poll_fn(|cx| token.0.poll_opened(cx)).await?;
+            return Ok(Stream {
+                inner: Inner::Client(token),
+            });
+        };
+        let token = Arc::new(ClientToken(ClientShared::start(
+            &options,
+            Some(tls.clone()),
+        )));
+        let opened = poll_fn(|cx| token.0.poll_opened(cx));
+        // A failure no retry can cure ends opening at once (dropping `token` aborts it).
+        let opened = async { opened.await.map_err(|e| tls::with_last_failure(e, &tls)) };
+        let failed = async {
+            match fatal.recv().await {
+                Ok(e) => Err(e),
+                Err(_) => std::future::pending().await,
+            }
+        };
+        smol::future::or(opened, failed).await?;
         Ok(Stream {
             inner: Inner::Client(token),
         })

@@ -17,6 +17,7 @@ use std::future::poll_fn;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -32,6 +33,7 @@ use smol::{Async, Task, Timer};
 use crate::client::{set_waker, wake};
 use crate::conn::{ConnHandle, Connect, Input};
 use crate::driver::{self, earlier, lock, CoreClock, Kicker, OsEntropy, Wake, BATCH};
+use crate::tls::{Acceptor, TlsConnect};
 use crate::Stream;
 
 /// Socket chunks and accepted connections queued for the owner before producers wait.
@@ -223,17 +225,25 @@ impl ServerState {
             }
             Input::Accepted(accepted) => {
                 let (socket, peer) = *accepted;
-                // At the connection cap the core says no: dropping the socket closes it.
-                if let Some(conn) = self.core.handle_accept(now) {
-                    let handle = ConnHandle::spawn(
-                        Connect::Accepted(socket),
-                        kicker.inbox().clone(),
-                        conn.0,
-                    );
-                    self.conns.insert(conn.0, (handle, peer));
-                }
+                self.accept(now, Connect::Accepted(socket), peer, kicker);
+            }
+            Input::AcceptedTls(accepted) => {
+                let (stream, peer) = *accepted;
+                let connect = Connect::Tls(TlsConnect::Accepted(Box::new(stream)));
+                self.accept(now, connect, peer, kicker);
             }
             Input::Sent { .. } | Input::Kick => {}
+        }
+    }
+}
+
+impl ServerState {
+    /// Announces a new connection to the core and starts its task; at the connection cap the
+    /// core says no, and dropping `connect` closes the socket.
+    fn accept(&mut self, now: Instant, connect: Connect, peer: SocketAddr, kicker: &Kicker) {
+        if let Some(conn) = self.core.handle_accept(now) {
+            let handle = ConnHandle::spawn(connect, kicker.inbox().clone(), conn.0);
+            self.conns.insert(conn.0, (handle, peer));
         }
     }
 }
@@ -396,10 +406,16 @@ async fn drive(shared: Arc<ServerShared>, rx: Receiver<Input>, accept_task: Task
     drop(accept_task);
 }
 
-/// Accepts TCP connections for the owner; stops when the owner is gone (it cancels this task).
-async fn accept_http(listener: Async<TcpListener>, inbox: Sender<Input>) {
+/// Accepts TCP connections for the owner (with `tls`, after each one's handshake); stops when
+/// the owner is gone (it cancels this task).
+async fn accept_http(listener: Async<TcpListener>, inbox: Sender<Input>, tls: Option<Acceptor>) {
     loop {
         match listener.accept().await {
+            Ok((socket, peer)) if tls.is_some() => {
+                if let Some(tls) = &tls {
+                    tls.handshake(socket, peer, &inbox);
+                }
+            }
             Ok(accepted) => {
                 if inbox
                     .send(Input::Accepted(Box::new(accepted)))
@@ -480,6 +496,8 @@ pub struct Listener {
     shared: Arc<ServerShared>,
     local: SocketAddr,
     direct: Option<Direct>,
+    /// With TLS: whether failed handshakes are logged.
+    tls_log: Option<Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -487,6 +505,7 @@ impl std::fmt::Debug for Listener {
         f.debug_struct("Listener")
             .field("local_addr", &self.local)
             .field("direct_addr", &self.direct.as_ref().map(|d| d.addr))
+            .field("tls", &self.tls_log.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -498,7 +517,33 @@ impl Listener {
         addr: impl smol::net::AsyncToSocketAddrs,
         config: ServerConfig,
     ) -> io::Result<Listener> {
-        Self::start(bind_first(addr).await?, None, config)
+        Self::start(bind_first(addr).await?, None, config, None)
+    }
+
+    /// As [`bind`](Self::bind), serving HTTPS: each connection's TLS handshake runs in a task
+    /// of its own within [`tls::HANDSHAKE_TIMEOUT`](crate::tls::HANDSHAKE_TIMEOUT) before the
+    /// connection is served, so a slow or failing client holds up no other. Failed handshakes
+    /// are printed with [`log_refusals`](Self::log_refusals). Build `tls` with
+    /// [`tls::server_config_from_pem`](crate::tls::server_config_from_pem), or bring your own.
+    pub async fn bind_tls(
+        addr: impl smol::net::AsyncToSocketAddrs,
+        config: ServerConfig,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> io::Result<Listener> {
+        Self::start(bind_first(addr).await?, None, config, Some(tls))
+    }
+
+    /// [`bind_tls`](Self::bind_tls) with raw TCP on `direct` as in
+    /// [`bind_with_direct`](Self::bind_with_direct) (the direct path has no TLS).
+    pub async fn bind_tls_with_direct(
+        addr: impl smol::net::AsyncToSocketAddrs,
+        direct: impl smol::net::AsyncToSocketAddrs,
+        config: ServerConfig,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> io::Result<Listener> {
+        let http = bind_first(addr).await?;
+        let direct = bind_first(direct).await?;
+        Self::start(http, Some(direct), config, Some(tls))
     }
 
     /// As [`bind`](Self::bind), and also accepts raw TCP on `direct` (for clients that try
@@ -511,13 +556,14 @@ impl Listener {
     ) -> io::Result<Listener> {
         let http = bind_first(addr).await?;
         let direct = bind_first(direct).await?;
-        Self::start(http, Some(direct), config)
+        Self::start(http, Some(direct), config, None)
     }
 
     fn start(
         http: Async<TcpListener>,
         direct: Option<Async<TcpListener>>,
         config: ServerConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
     ) -> io::Result<Listener> {
         let local = http.get_ref().local_addr()?;
         let direct = match direct {
@@ -534,7 +580,9 @@ impl Listener {
             None => None,
         };
         let (tx, rx) = channel::bounded(INBOX);
-        let accept_task = smol::spawn(accept_http(http, tx.clone()));
+        let tls = tls.map(Acceptor::new);
+        let tls_log = tls.as_ref().map(|t| t.log.clone());
+        let accept_task = smol::spawn(accept_http(http, tx.clone(), tls));
         let shared = Arc::new(ServerShared {
             state: Mutex::new(ServerState {
                 core: Server::new(config, Box::new(OsEntropy)),
@@ -556,6 +604,7 @@ impl Listener {
             shared,
             local,
             direct,
+            tls_log,
         })
     }
 
@@ -616,9 +665,13 @@ impl Listener {
     }
 
     /// Logs every refused request (bad token, unknown session, malformed or oversized
-    /// request, limits) as a `tracing` warning, with the peer address, HTTP status and reason.
+    /// request, limits) as a `tracing` warning, with the peer address, HTTP status and reason;
+    /// and, with TLS, every failed handshake.
     pub fn log_refusals(&self, on: bool) {
         lock(&self.shared.state).log_refusals = on;
+        if let Some(log) = &self.tls_log {
+            log.store(on, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Starts a graceful shutdown: new sessions are refused and every session's stream is

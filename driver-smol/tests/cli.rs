@@ -1560,3 +1560,334 @@ fn proxy_from_environment_and_no_proxy() {
     );
     assert_eq!(echo.conns(), 2);
 }
+
+// ---------------------------------------------------------------------------------------------
+// TLS: a CA and server certificate from rcgen, in a temporary directory
+// ---------------------------------------------------------------------------------------------
+
+mod pki;
+
+/// `holdwire server --tls-cert --tls-key` on 127.0.0.1:0; returns it with the address it prints
+/// ("serving https://ADDR/... -> TARGET").
+fn server_https(target: SocketAddr, pki: &pki::Pki, args: &[&str]) -> (Proc, SocketAddr) {
+    let target = target.to_string();
+    let (cert, key) = (pki.cert.to_str().unwrap(), pki.key.to_str().unwrap());
+    let mut all = vec![
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--target",
+        &target,
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+    ];
+    all.extend_from_slice(args);
+    let mut p = Proc::start("holdwire server", holdwire(&all), false);
+    let line = p.wait_line("serving https://", Duration::from_secs(20));
+    let addr = line
+        .split("serving https://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse the server's address from {line:?}"));
+    (p, addr)
+}
+
+/// Pushes `blocks` blocks of 64 KiB through `local` (a writer thread) while checking the echo
+/// block by block and as a checksum, expects a clean EOF, then makes 20 round trips on a second
+/// connection. Returns the bulk's and the round trips' durations, and the bytes sent in all.
+fn bulk_and_pings(local: SocketAddr, blocks: u64, procs: &[&Proc]) -> (Duration, Duration, u64) {
+    const BLOCK: usize = 64 * 1024;
+    let logs = || {
+        procs
+            .iter()
+            .map(|p| format!("{}:\n{}", p.name, p.stderr()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let start = Instant::now();
+    let seed = 0x7157_cafe;
+    let mut tcp = connect(local);
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut w = tcp.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut buf = vec![0u8; BLOCK];
+        let mut crc = 0u32;
+        for i in 0..blocks {
+            block(seed, i, &mut buf);
+            crc = crc.rotate_left(5) ^ crc32c(&buf);
+            w.write_all(&buf)?;
+        }
+        w.shutdown(Shutdown::Write)?;
+        Ok::<u32, std::io::Error>(crc)
+    });
+    let (mut got, mut want) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
+    let mut crc = 0u32;
+    for i in 0..blocks {
+        if let Err(e) = tcp.read_exact(&mut got) {
+            panic!("echo stopped at block {i} of {blocks}: {e}\n{}", logs());
+        }
+        block(seed, i, &mut want);
+        assert!(
+            got == want,
+            "block {i} of the echo differs from what was sent"
+        );
+        crc = crc.rotate_left(5) ^ crc32c(&got);
+    }
+    assert_eq!(crc, writer.join().unwrap().expect("write"), "checksum");
+    let rest = read_to_eof(&mut tcp, Duration::from_secs(15)).expect("clean EOF after the echo");
+    assert!(rest.is_empty(), "{} bytes after the echo", rest.len());
+    let bulk = start.elapsed();
+
+    let mut tcp = connect(local);
+    let pings = Instant::now();
+    let mut sent = blocks * BLOCK as u64;
+    for i in 0..20u32 {
+        let msg = format!("ping {i} {}\n", "y".repeat(i as usize * 5));
+        assert_eq!(round_trip(&mut tcp, msg.as_bytes()), msg.as_bytes());
+        sent += msg.len() as u64;
+    }
+    let pings = pings.elapsed();
+    tcp.shutdown(Shutdown::Write).unwrap();
+    let rest = read_to_eof(&mut tcp, Duration::from_secs(10)).expect("clean EOF after pings");
+    assert!(rest.is_empty());
+    for p in procs {
+        assert_no_panic(p);
+    }
+    (bulk, pings, sent)
+}
+
+/// https directly: `server --tls-cert/--tls-key`, `client --listen --ca`: 32 MiB checksummed
+/// bulk and interactive echo.
+#[test]
+fn tls_direct_bulk_and_echo() {
+    let pki = pki::generate();
+    let echo = Echo::start();
+    let (server_proc, server) = server_https(echo.addr, &pki, &["--token", "T"]);
+    let ca = pki.ca.to_str().unwrap();
+    let (client_proc, local) = client_listen(
+        &format!("https://127.0.0.1:{}/", server.port()),
+        &["--ca", ca, "--token", "T"],
+    );
+    const BLOCKS: u64 = 512; // 32 MiB
+    let (bulk, pings, sent) = bulk_and_pings(local, BLOCKS, &[&server_proc, &client_proc]);
+    assert_eq!(echo.bytes(), sent, "bytes the target received");
+    assert_eq!(echo.conns(), 2);
+    eprintln!("https direct: 32 MiB up and back in {bulk:?}; 20 round trips in {pings:?}");
+}
+
+/// https through squid's CONNECT (its generated config allows CONNECT to any port): 16 MiB and
+/// interactive echo.
+#[test]
+fn tls_through_squid_connect() {
+    let Some((_proxy, proxy)) = common::squid() else {
+        return;
+    };
+    let pki = pki::generate();
+    let echo = Echo::start();
+    let (server_proc, server) = server_https(echo.addr, &pki, &["--token", "T"]);
+    let ca = pki.ca.to_str().unwrap();
+    let (client_proc, local) = client_listen(
+        &format!("https://localhost:{}/", server.port()),
+        &[
+            "--ca",
+            ca,
+            "--token",
+            "T",
+            "--proxy",
+            &format!("http://{proxy}"),
+        ],
+    );
+    let (bulk, pings, sent) = bulk_and_pings(local, 256, &[&server_proc, &client_proc]);
+    assert_eq!(echo.bytes(), sent, "bytes the target received");
+    eprintln!(
+        "https through squid CONNECT: 16 MiB up and back in {bulk:?}; 20 round trips in {pings:?}"
+    );
+}
+
+/// https through tinyproxy's CONNECT with basic auth from the proxy URL (via `https_proxy`): 16
+/// MiB and interactive echo. Without the credentials, the client exits 3 naming the 407.
+#[test]
+fn tls_through_tinyproxy_connect_with_auth() {
+    let Some((_proxy, proxy)) = tinyproxy_with_auth() else {
+        return;
+    };
+    let pki = pki::generate();
+    let echo = Echo::start();
+    let (server_proc, server) = server_https(echo.addr, &pki, &["--token", "T"]);
+    let ca = pki.ca.to_str().unwrap();
+    let url = format!("https://127.0.0.1:{}/", server.port());
+    let mut cmd = holdwire(&[
+        "client",
+        "--listen",
+        "127.0.0.1:0",
+        "--server",
+        &url,
+        "--ca",
+        ca,
+        "--token",
+        "T",
+    ]);
+    cmd.env("https_proxy", format!("http://hwuser:hwpass@{proxy}"));
+    let mut client_proc = Proc::start("holdwire client", cmd, false);
+    let line = client_proc.wait_line("forwarding ", Duration::from_secs(20));
+    let local: SocketAddr = line
+        .split("forwarding ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse the client's address from {line:?}"));
+    let (bulk, pings, sent) = bulk_and_pings(local, 256, &[&server_proc, &client_proc]);
+    assert_eq!(echo.bytes(), sent, "bytes the target received");
+    eprintln!(
+        "https through tinyproxy CONNECT: 16 MiB up and back in {bulk:?}; 20 round trips in {pings:?}"
+    );
+
+    let mut cmd = holdwire(&[
+        "client", "--stdio", "--server", &url, "--ca", ca, "--token", "T",
+    ]);
+    cmd.env("https_proxy", format!("http://{proxy}"));
+    let mut p = Proc::start("holdwire client --stdio", cmd, true);
+    let status = p.wait_exit(Duration::from_secs(20));
+    // The stderr thread may still be reading the last line.
+    p.wait_line("proxy authentication required", Duration::from_secs(5));
+    assert_eq!(status.and_then(|s| s.code()), Some(3), "{}", p.stderr());
+    assert_eq!(echo.conns(), 2);
+}
+
+fn tinyproxy_with_auth() -> Option<(common::ChildGuard, SocketAddr)> {
+    common::tinyproxy_with("BasicAuth hwuser hwpass")
+}
+
+/// A client that does not trust the server's CA: `--listen` exits 1 on the first forwarded
+/// connection and `--stdio` exits 1, both saying the certificate was rejected; the server logs
+/// the failed handshake. Nothing reaches the target.
+#[test]
+fn tls_unknown_issuer_is_refused_clearly() {
+    let pki = pki::generate();
+    let echo = Echo::start();
+    let (mut server_proc, server) = server_https(echo.addr, &pki, &["--token", "T"]);
+    let url = format!("https://127.0.0.1:{}/", server.port());
+
+    let (mut client_proc, local) = client_listen(&url, &["--token", "T"]);
+    let mut tcp = connect(local);
+    let _ = tcp.write_all(b"hello");
+    let status = client_proc.wait_exit(Duration::from_secs(20));
+    // The stderr thread may still be reading the last line.
+    let line = client_proc.wait_line("was rejected", Duration::from_secs(5));
+    assert!(
+        line.contains("certificate of 127.0.0.1 was rejected") && line.contains("UnknownIssuer"),
+        "{line}"
+    );
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "{}",
+        client_proc.stderr()
+    );
+
+    let (code, _, err) = run_to_end(
+        &["client", "--stdio", "--server", &url, "--token", "T"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("UnknownIssuer"), "{err}");
+
+    server_proc.wait_line("TLS handshake with 127.0.0.1:", Duration::from_secs(10));
+    assert_eq!(echo.conns(), 0);
+    assert_no_panic(&server_proc);
+}
+
+/// TLS configuration errors exit 2 before anything starts, naming the problem.
+#[test]
+fn tls_configuration_errors_exit_2() {
+    let pki = pki::generate();
+    let junk = pki.dir.path().join("junk.pem");
+    std::fs::write(&junk, "not PEM\n").unwrap();
+    let missing = pki.dir.path().join("missing.pem");
+    let (cert, key, ca) = (
+        pki.cert.to_str().unwrap(),
+        pki.key.to_str().unwrap(),
+        pki.ca.to_str().unwrap(),
+    );
+    let (junk, missing) = (junk.to_str().unwrap(), missing.to_str().unwrap());
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let server = |extra: &[&str]| {
+        let mut args = vec![
+            "server",
+            "--listen",
+            &listen,
+            "--target",
+            "127.0.0.1:9",
+            "--token",
+            "T",
+        ];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let client = |extra: &[&str]| {
+        let mut args = vec![
+            "client",
+            "--stdio",
+            "--server",
+            "https://127.0.0.1:9/",
+            "--token",
+            "T",
+        ];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        (
+            "missing certificate file",
+            server(&["--tls-cert", missing, "--tls-key", key]),
+            "missing.pem",
+        ),
+        (
+            "no certificate in the file",
+            server(&["--tls-cert", junk, "--tls-key", key]),
+            "no PEM certificate",
+        ),
+        (
+            "no key in the file",
+            server(&["--tls-cert", cert, "--tls-key", junk]),
+            "no PEM private key",
+        ),
+        (
+            "certificate and key that do not fit",
+            server(&["--tls-cert", ca, "--tls-key", key]),
+            "do not fit",
+        ),
+        (
+            "certificate without key",
+            server(&["--tls-cert", cert]),
+            "--tls-key",
+        ),
+        (
+            "missing --ca file",
+            client(&["--ca", missing]),
+            "missing.pem",
+        ),
+        (
+            "--ca without a certificate",
+            client(&["--ca", junk]),
+            "no PEM certificate",
+        ),
+        (
+            "https proxy",
+            client(&["--proxy", "https://127.0.0.1:9"]),
+            "https:// proxies",
+        ),
+    ];
+    for (what, args, needle) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, err) = run_to_end(&args, Duration::from_secs(10));
+        assert_eq!(code, Some(2), "{what}: exit code; stderr:\n{err}");
+        assert!(
+            err.contains(needle),
+            "{what}: stderr lacks {needle:?}:\n{err}"
+        );
+    }
+}

@@ -34,6 +34,7 @@ use holdwire_proto::{
 };
 
 use crate::conn::{Conn, Inbox, Tag};
+use crate::tls::ClientTls;
 use crate::{deadline_after, log, poisoned, wait_until, DROP_LINGER};
 
 /// Inbox capacity: at most this many chunks (of up to 64 KiB) wait for the owner.
@@ -89,8 +90,11 @@ impl ClientShared {
     }
 }
 
-/// Opens an HTTP session and waits until the server confirms it.
-pub(crate) fn connect(options: ClientOptions) -> io::Result<Arc<ClientShared>> {
+/// Opens an HTTP session (over TLS with `tls`) and waits until the server confirms it.
+pub(crate) fn connect(
+    options: ClientOptions,
+    tls: Option<Arc<ClientTls>>,
+) -> io::Result<Arc<ClientShared>> {
     let authority = options.http_connect_authority();
     let addrs: Arc<[SocketAddr]> = std::net::ToSocketAddrs::to_socket_addrs(authority.as_str())?
         .collect::<Vec<_>>()
@@ -146,6 +150,7 @@ pub(crate) fn connect(options: ClientOptions) -> io::Result<Arc<ClientShared>> {
         addrs,
         connect_timeout: options.connect_timeout,
         buf: Vec::new(),
+        tls: tls.clone(),
     };
     thread::Builder::new()
         .name(format!("holdwire-client-{session}"))
@@ -160,6 +165,10 @@ pub(crate) fn connect(options: ClientOptions) -> io::Result<Arc<ClientShared>> {
         (Some(e), _) => Some(io::Error::from(e.clone())),
         (None, false) => Some(poisoned()),
         (None, true) => None,
+    };
+    let failure = match (failure, &tls) {
+        (Some(e), Some(tls)) => Some(tls.explain(e)),
+        (failure, _) => failure,
     };
     drop(st);
     if let Some(e) = failure {
@@ -181,6 +190,8 @@ struct Owner {
     addrs: Arc<[SocketAddr]>,
     connect_timeout: Duration,
     buf: Vec<u8>,
+    /// For `https://` servers: how connections are set up.
+    tls: Option<Arc<ClientTls>>,
 }
 
 impl Drop for Owner {
@@ -223,6 +234,11 @@ impl Owner {
             }
             if st.core.poll_timeout().is_some_and(|t| t <= now) {
                 st.core.handle_timeout(now);
+            }
+            // A TLS setup failure no retry can cure ends opening now; `connect` reports it.
+            if !st.opened && self.tls.as_ref().is_some_and(|t| t.has_fatal_failure()) {
+                st.core
+                    .abort(now, AbortCode::APPLICATION, "TLS setup failed");
             }
             self.detached(&mut st, now);
             self.drain(&mut st, now);
@@ -288,6 +304,7 @@ impl Owner {
                     Tag { conn: slot, gen },
                     self.inbox.clone(),
                     self.shared.connected.clone(),
+                    self.tls.clone(),
                 );
                 self.conns.insert(slot, (gen, conn));
             }

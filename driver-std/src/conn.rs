@@ -167,6 +167,7 @@ impl Conn {
         tag: Tag,
         inbox: SyncSender<Inbox>,
         connected: Arc<Mutex<Option<SocketAddr>>>,
+        tls: Option<Arc<crate::tls::ClientTls>>,
     ) -> Conn {
         let (conn, rx) = Conn::new();
         let shared = conn.shared.clone();
@@ -182,11 +183,25 @@ impl Conn {
                 if let Ok(addr) = sock.peer_addr() {
                     *connected.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
                 }
+                if let Some(tls) = tls {
+                    // CONNECT tunnel and handshake here, in this thread, then TLS halves.
+                    let Some((reader, writer)) = tls.establish(&sock) else {
+                        shared.shutdown();
+                        let _ = inbox.send(Inbox::Closed(tag));
+                        return;
+                    };
+                    if spawn_reader(&shared, reader, tag, inbox.clone()).is_err() {
+                        let _ = inbox.send(Inbox::Closed(tag));
+                        return;
+                    }
+                    write_loop(&shared, writer, &sock, rx, Some((tag, inbox)));
+                    return;
+                }
                 if start_reader(&shared, &sock, tag, inbox.clone()).is_err() {
                     let _ = inbox.send(Inbox::Closed(tag));
                     return;
                 }
-                write_loop(&shared, sock, rx, Some((tag, inbox)));
+                write_loop(&shared, &sock, &sock, rx, Some((tag, inbox)));
             });
         if spawned.is_err() {
             // No thread: the owner learns of the failure like any failed connect, through
@@ -213,7 +228,7 @@ impl Conn {
         let spawned = thread::Builder::new()
             .name("holdwire-write".into())
             .stack_size(THREAD_STACK)
-            .spawn(move || write_loop(&shared, sock, rx, None));
+            .spawn(move || write_loop(&shared, &sock, &sock, rx, None));
         if let Err(e) = spawned {
             conn.close();
             return Err(e);
@@ -263,16 +278,25 @@ fn start_reader(
     tag: Tag,
     inbox: SyncSender<Inbox>,
 ) -> io::Result<()> {
-    let sock = sock.try_clone()?;
+    spawn_reader(shared, sock.try_clone()?, tag, inbox)
+}
+
+/// Starts the reader thread on `source` (the socket, or the reading half of a TLS connection).
+fn spawn_reader(
+    shared: &Arc<Shared>,
+    source: impl Read + Send + 'static,
+    tag: Tag,
+    inbox: SyncSender<Inbox>,
+) -> io::Result<()> {
     let shared = shared.clone();
     thread::Builder::new()
         .name("holdwire-read".into())
         .stack_size(THREAD_STACK)
-        .spawn(move || read_loop(&shared, sock, tag, inbox))?;
+        .spawn(move || read_loop(&shared, source, tag, inbox))?;
     Ok(())
 }
 
-fn read_loop(shared: &Shared, mut sock: TcpStream, tag: Tag, inbox: SyncSender<Inbox>) {
+fn read_loop(shared: &Shared, mut sock: impl Read, tag: Tag, inbox: SyncSender<Inbox>) {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         {
@@ -305,17 +329,19 @@ fn read_loop(shared: &Shared, mut sock: TcpStream, tag: Tag, inbox: SyncSender<I
     let _ = inbox.send(Inbox::Closed(tag));
 }
 
-/// Writes what the owner queues. With `sent`, reports each completed write (the core times the
+/// Writes what the owner queues to `sink` (the socket, or the writing half of a TLS
+/// connection over `sock`). With `sent`, reports each completed write (the core times the
 /// answers a request triggers from when it has left).
 fn write_loop(
     shared: &Shared,
-    mut sock: TcpStream,
+    mut sink: impl Write,
+    sock: &TcpStream,
     rx: Receiver<WriteCmd>,
     sent: Option<(Tag, SyncSender<Inbox>)>,
 ) {
     // Ends when the owner drops its handle (and everything queued is written).
     while let Ok(WriteCmd::Data { bytes, close_after }) = rx.recv() {
-        let result = sock.write_all(&bytes);
+        let result = sink.write_all(&bytes);
         if let (Ok(()), Some((tag, inbox))) = (&result, &sent) {
             let _ = inbox.send(Inbox::Sent(*tag));
         }
@@ -330,7 +356,7 @@ fn write_loop(
             return;
         }
         if close_after {
-            linger_close(shared, &sock);
+            linger_close(shared, sock);
             return;
         }
     }

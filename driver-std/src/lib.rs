@@ -18,8 +18,11 @@
 //!   basic auth from its userinfo, or from `http_proxy`/`NO_PROXY` as curl reads them), a
 //!   direct TCP address tried first, and every protocol knob.
 //!
-//! Only `http://` is supported here; `https://` URLs are refused with
-//! [`io::ErrorKind::Unsupported`].
+//! `https://` servers work with [`Stream::connect`] (the system's root certificates) or
+//! [`Stream::connect_with_tls`] (your [`rustls::ClientConfig`], e.g. from
+//! [`tls::client_config`] with a private CA), directly or through a forward proxy's `CONNECT`
+//! tunnel; see [`tls`]. `https://` proxies (TLS to the proxy itself) are refused with
+//! [`io::ErrorKind::Unsupported`], and the [`Listener`] serves plain HTTP only.
 //!
 //! ## Example
 //!
@@ -103,10 +106,13 @@ pub use holdwire_proto as proto;
 pub use holdwire_proto::{
     ClientConfig, ClientOptions, ServerConfig, ServerStats, SessionConfig, SessionId, Stats,
 };
+/// The TLS library used for `https://`, re-exported so that configurations match its version.
+pub use rustls;
 
 mod client;
 mod conn;
 mod server;
+pub mod tls;
 
 use client::ClientShared;
 use server::{Pending, ServerShared};
@@ -176,7 +182,7 @@ fn url_string(url: &proto::url::Url, with_path: bool) -> String {
 fn unsupported_https() -> io::Error {
     io::Error::new(
         io::ErrorKind::Unsupported,
-        "holdwire-std speaks plain http:// only; https:// needs a TLS-capable driver",
+        "https:// proxies are not supported by holdwire-std",
     )
 }
 
@@ -250,16 +256,48 @@ impl Stream {
     /// confirmed the session; fails after the core's own bounds (`silence_timeout`,
     /// `max_failures`) if it cannot be reached.
     ///
-    /// `https://` servers or proxies are refused with [`io::ErrorKind::Unsupported`].
+    /// An `https://` server is verified against the system's root certificates
+    /// ([`tls::default_client_config`]); see [`connect_with_tls`](Self::connect_with_tls).
+    /// `https://` proxies are refused with [`io::ErrorKind::Unsupported`].
     pub fn connect(options: ClientOptions) -> io::Result<Stream> {
-        if options.server.scheme == proto::url::Scheme::Https
-            || options
-                .proxy
-                .as_ref()
-                .is_some_and(|p| p.scheme == proto::url::Scheme::Https)
+        let tls = match options.server.scheme {
+            proto::url::Scheme::Https => Some(tls::default_client_config()?),
+            proto::url::Scheme::Http => None,
+        };
+        Stream::connect_inner(options, tls)
+    }
+
+    /// As [`connect`](Self::connect), with `tls` for an `https://` server (ignored for
+    /// `http://`). Each HTTP connection opens its own TCP connection (through the proxy's
+    /// `CONNECT` tunnel when there is a proxy) and TLS session, named by the server URL's
+    /// host, and keeps it alive for further requests. A certificate that fails verification,
+    /// or a proxy answering `CONNECT` with 407 or 403, fails opening at once with an error
+    /// saying so; other failures are retried until the core gives up, and its error names the
+    /// last one.
+    pub fn connect_with_tls(
+        options: ClientOptions,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> io::Result<Stream> {
+        Stream::connect_inner(options, Some(tls))
+    }
+
+    fn connect_inner(
+        options: ClientOptions,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> io::Result<Stream> {
+        if options
+            .proxy
+            .as_ref()
+            .is_some_and(|p| p.scheme == proto::url::Scheme::Https)
         {
             return Err(unsupported_https());
         }
+        let tls = match tls {
+            Some(config) if options.server.scheme == proto::url::Scheme::Https => {
+                Some(tls::ClientTls::new(&options, config)?)
+            }
+            _ => None,
+        };
         if let Some(direct) = &options.direct {
             let token = options.protocol.token.as_ref();
             match connect_direct(direct, options.direct_timeout, token) {
@@ -273,7 +311,7 @@ impl Stream {
                 Err(e) => log!("direct connection to {direct} failed ({e}); using HTTP"),
             }
         }
-        let shared = client::connect(options)?;
+        let shared = client::connect(options, tls)?;
         Ok(Stream {
             inner: Inner::Client(shared),
         })

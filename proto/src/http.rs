@@ -1339,6 +1339,189 @@ impl ChunkDecoder {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// CONNECT tunnels (https:// through a forward proxy)
+// ---------------------------------------------------------------------------------------
+
+/// Appends a `CONNECT` request head asking a forward proxy for a tunnel to `authority`.
+///
+/// The head is `CONNECT <authority> HTTP/1.1`, `Host: <authority>`, `Proxy-Authorization`
+/// if given (see [`basic_auth_value`]), and the blank line. `authority` is `host:port`
+/// with brackets around an IPv6 literal ([`crate::url::Url::authority`]); no string may
+/// contain CR or LF. Once the proxy answers 2xx ([`ConnectResponseParser`]), the
+/// connection is a byte pipe to the origin: TLS, then origin-form requests, go inside.
+pub fn encode_connect_head(buf: &mut Vec<u8>, authority: &str, proxy_authorization: Option<&str>) {
+    debug_assert!(no_line_breaks(authority));
+    buf.extend_from_slice(b"CONNECT ");
+    buf.extend_from_slice(authority.as_bytes());
+    buf.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    buf.extend_from_slice(authority.as_bytes());
+    buf.extend_from_slice(b"\r\n");
+    if let Some(auth) = proxy_authorization {
+        debug_assert!(no_line_breaks(auth));
+        buf.extend_from_slice(b"Proxy-Authorization: ");
+        buf.extend_from_slice(auth.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// Why a forward proxy did not open a `CONNECT` tunnel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The proxy answered 407: it wants credentials (`http://user:pass@proxy:port`), or
+    /// refused the ones given.
+    ProxyAuthenticationRequired,
+    /// The proxy answered with another non-2xx status (403: the proxy's policy forbids
+    /// the destination or port; 502/503/504: it could not reach the server).
+    Refused {
+        /// The proxy's status code.
+        status: u16,
+    },
+    /// The proxy's response is not valid HTTP/1.x or exceeds the head limits.
+    Http(HttpError),
+    /// The proxy closed the connection before a complete response head.
+    Closed,
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ProxyAuthenticationRequired => f.write_str(
+                "proxy authentication required (HTTP 407): give credentials in the proxy URL, \
+                 http://user:pass@host:port",
+            ),
+            Self::Refused { status } => write!(
+                f,
+                "proxy refused the CONNECT tunnel: HTTP {status} {}",
+                reason_phrase(*status)
+            ),
+            Self::Http(e) => write!(f, "bad response to CONNECT from the proxy: {e}"),
+            Self::Closed => f.write_str("proxy closed the connection before answering CONNECT"),
+        }
+    }
+}
+
+impl core::error::Error for ConnectError {}
+
+#[cfg(feature = "std")]
+impl From<ConnectError> for std::io::Error {
+    fn from(e: ConnectError) -> Self {
+        use std::io::ErrorKind;
+        let kind = match e {
+            ConnectError::ProxyAuthenticationRequired => ErrorKind::PermissionDenied,
+            ConnectError::Refused { .. } => ErrorKind::ConnectionRefused,
+            ConnectError::Http(_) => ErrorKind::InvalidData,
+            ConnectError::Closed => ErrorKind::UnexpectedEof,
+        };
+        std::io::Error::new(kind, e)
+    }
+}
+
+/// Reads a forward proxy's answer to a `CONNECT` request (see [`encode_connect_head`]).
+///
+/// Feed what the proxy sends with [`push`](Self::push) until it returns the tunnel's
+/// first bytes. 1xx interim responses are skipped. A 2xx answer opens the tunnel: it has
+/// no body (RFC 9110 section 9.3.6), so every byte after its head already belongs to the
+/// tunnel and is handed back, not dropped. Any other status is a [`ConnectError`]; its
+/// body is not read (the connection is closed). While no complete head has arrived, the
+/// buffer holds at most [`HttpLimits::max_head_len`] bytes plus one `push`.
+#[derive(Debug)]
+pub struct ConnectResponseParser {
+    limits: HttpLimits,
+    buf: Vec<u8>,
+    /// Where the search for the end of the head resumes.
+    scan: usize,
+    /// Sticky outcome once decided.
+    error: Option<ConnectError>,
+}
+
+impl ConnectResponseParser {
+    /// A parser for the response on a connection that just sent `CONNECT`.
+    pub fn new(limits: HttpLimits) -> Self {
+        Self {
+            limits,
+            buf: Vec::new(),
+            scan: 0,
+            error: None,
+        }
+    }
+
+    /// Appends bytes from the proxy. `Ok(None)`: more are needed. `Ok(Some(rest))`: the
+    /// tunnel is open and `rest` (possibly empty) is its first bytes from the far end.
+    /// Errors are sticky.
+    pub fn push(&mut self, data: &[u8]) -> Result<Option<Vec<u8>>, ConnectError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        self.buf.extend_from_slice(data);
+        let result = self.advance();
+        if let Err(e) = result {
+            self.error = Some(e);
+            self.buf = Vec::new();
+        }
+        result
+    }
+
+    /// The proxy closed the connection: always an error, as a tunnel that opened was
+    /// returned by [`push`](Self::push) already.
+    pub fn eof(&mut self) -> ConnectError {
+        *self.error.get_or_insert(ConnectError::Closed)
+    }
+
+    fn advance(&mut self) -> Result<Option<Vec<u8>>, ConnectError> {
+        loop {
+            let Some(end) = find_head_end(&self.buf, self.scan) else {
+                if self.buf.len() >= self.limits.max_head_len {
+                    return Err(ConnectError::Http(HttpError::HeadTooLarge));
+                }
+                self.scan = self.buf.len().saturating_sub(2);
+                return Ok(None);
+            };
+            if end > self.limits.max_head_len {
+                return Err(ConnectError::Http(HttpError::HeadTooLarge));
+            }
+            let status =
+                parse_connect_status(&self.buf[..end], &self.limits).map_err(ConnectError::Http)?;
+            match status {
+                // We never ask to switch protocols.
+                101 => return Err(ConnectError::Http(HttpError::Malformed)),
+                100..=199 => {
+                    self.buf.drain(..end);
+                    self.scan = 0;
+                }
+                200..=299 => {
+                    let rest = self.buf.split_off(end);
+                    self.buf = Vec::new();
+                    return Ok(Some(rest));
+                }
+                407 => return Err(ConnectError::ProxyAuthenticationRequired),
+                status => return Err(ConnectError::Refused { status }),
+            }
+        }
+    }
+}
+
+/// The status code of a complete response head (framing headers are ignored: a 2xx
+/// answer to CONNECT has no body whatever they say, and other answers end the connection).
+fn parse_connect_status(head: &[u8], limits: &HttpLimits) -> Result<u16, HttpError> {
+    with_header_slots(head.len(), limits, |slots| {
+        let mut response = httparse::Response::new(slots);
+        let result = httparse::ParserConfig::default()
+            .allow_spaces_after_header_name_in_responses(true)
+            .allow_obsolete_multiline_headers_in_responses(true)
+            .allow_multiple_spaces_in_response_status_delimiters(true)
+            .parse_response(&mut response, head);
+        match result {
+            Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+            Ok(_) => return Err(HttpError::Malformed),
+            Err(error) => return Err(map_httparse(error, head, Role::Client)),
+        }
+        response.code.ok_or(HttpError::Malformed)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2388,5 +2571,114 @@ mod tests {
             prop_assert_eq!(r.content_type_is_bundle, !text);
             prop_assert_eq!(&r.body[..], &body[..]);
         }
+    }
+
+    // ----- CONNECT tunnels -----
+
+    #[test]
+    fn encodes_connect_head() {
+        let mut buf = Vec::new();
+        encode_connect_head(&mut buf, "[2001:db8::1]:443", None);
+        assert_eq!(
+            buf,
+            b"CONNECT [2001:db8::1]:443 HTTP/1.1\r\nHost: [2001:db8::1]:443\r\n\r\n"
+        );
+        let mut buf = Vec::new();
+        let auth = basic_auth_value("user", "pass");
+        encode_connect_head(&mut buf, "example.com:8443", Some(&auth));
+        assert_eq!(
+            core::str::from_utf8(&buf).unwrap(),
+            "CONNECT example.com:8443 HTTP/1.1\r\n\
+             Host: example.com:8443\r\n\
+             Proxy-Authorization: Basic dXNlcjpwYXNz\r\n\
+             \r\n"
+        );
+    }
+
+    #[test]
+    fn connect_2xx_opens_the_tunnel_and_keeps_the_bytes_after_the_head() {
+        // squid's answer, split anywhere, with TLS bytes right behind it.
+        let answer = b"HTTP/1.1 200 Connection established\r\n\r\n\x16\x03\x03\x00\x02hi";
+        for split in 0..=answer.len() {
+            let mut p = ConnectResponseParser::new(HttpLimits::default());
+            let first = p.push(&answer[..split]).unwrap();
+            let rest = match first {
+                Some(rest) => {
+                    let mut rest = rest;
+                    rest.extend_from_slice(&answer[split..]);
+                    rest
+                }
+                None => p.push(&answer[split..]).unwrap().expect("head complete"),
+            };
+            assert_eq!(rest, b"\x16\x03\x03\x00\x02hi", "split at {split}");
+        }
+        // tinyproxy's HTTP/1.0 answer with headers; a Content-Length on a 2xx is ignored;
+        // an interim 100 is skipped.
+        let mut p = ConnectResponseParser::new(HttpLimits::default());
+        let rest = p
+            .push(
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 Connection established\r\n\
+                  Proxy-agent: tinyproxy/1.11.1\r\nContent-Length: 99\r\n\r\n",
+            )
+            .unwrap();
+        assert_eq!(rest, Some(Vec::new()));
+    }
+
+    #[test]
+    fn connect_refusals_are_typed() {
+        let cases: [(&[u8], ConnectError); 4] = [
+            (
+                b"HTTP/1.1 407 Proxy Authentication Required\r\n\
+                  Proxy-Authenticate: Basic realm=\"x\"\r\nContent-Length: 5\r\n\r\ndenied",
+                ConnectError::ProxyAuthenticationRequired,
+            ),
+            (
+                b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n",
+                ConnectError::Refused { status: 403 },
+            ),
+            (
+                b"HTTP/1.0 502 Bad Gateway\r\n\r\n<html>",
+                ConnectError::Refused { status: 502 },
+            ),
+            (
+                b"SSH-2.0-OpenSSH\r\n\r\n",
+                ConnectError::Http(HttpError::Malformed),
+            ),
+        ];
+        for (answer, expected) in cases {
+            let mut p = ConnectResponseParser::new(HttpLimits::default());
+            assert_eq!(p.push(answer), Err(expected));
+            // Sticky.
+            assert_eq!(p.push(b"HTTP/1.1 200 OK\r\n\r\n"), Err(expected));
+            assert_eq!(p.eof(), expected);
+        }
+        assert!(ConnectError::ProxyAuthenticationRequired
+            .to_string()
+            .contains("proxy authentication required"));
+        assert_eq!(
+            ConnectError::Refused { status: 403 }.to_string(),
+            "proxy refused the CONNECT tunnel: HTTP 403 Forbidden"
+        );
+        let io: std::io::Error = ConnectError::ProxyAuthenticationRequired.into();
+        assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
+    }
+
+    #[test]
+    fn connect_answer_is_bounded_and_eof_is_an_error() {
+        let mut p = ConnectResponseParser::new(HttpLimits::default());
+        assert_eq!(p.push(b"HTTP/1.1 200 OK\r\n"), Ok(None));
+        assert_eq!(p.eof(), ConnectError::Closed);
+        let mut p = ConnectResponseParser::new(HttpLimits::default());
+        assert_eq!(p.push(b"HTTP/1.1 200 OK\r\n"), Ok(None));
+        let filler = [b'x'; 1024];
+        let mut result = Ok(None);
+        for _ in 0..32 {
+            result = p.push(&filler);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err(ConnectError::Http(HttpError::HeadTooLarge)));
+        assert!(p.buf.is_empty());
     }
 }

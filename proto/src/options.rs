@@ -3,10 +3,12 @@
 //! from the environment.
 
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt;
 use core::time::Duration;
 
 use crate::config::ClientConfig;
+use crate::http;
 use crate::url::{self, Url, UrlError};
 
 /// How a client reaches its server.
@@ -110,6 +112,25 @@ impl ClientOptions {
         self.proxy.is_some() && self.server.scheme == url::Scheme::Https
     }
 
+    /// The `CONNECT` request that opens the proxy's tunnel to the server, when HTTP
+    /// connections go through one ([`uses_connect_tunnel`](Self::uses_connect_tunnel)):
+    /// the server's `host:port`, with the proxy's basic credentials if its URL has them.
+    /// Read the answer with [`crate::http::ConnectResponseParser`]. Requests inside the
+    /// tunnel stay in origin form without proxy credentials (see [`crate::Endpoint::new`]).
+    pub fn connect_tunnel_head(&self) -> Option<Vec<u8>> {
+        if !self.uses_connect_tunnel() {
+            return None;
+        }
+        let proxy = self.proxy.as_ref()?;
+        let auth = proxy
+            .username
+            .as_deref()
+            .map(|u| http::basic_auth_value(u, proxy.password.as_deref().unwrap_or("")));
+        let mut head = Vec::new();
+        http::encode_connect_head(&mut head, &self.server.authority(), auth.as_deref());
+        Some(head)
+    }
+
     /// The request-addressing part for a session, for [`crate::Client::new`].
     pub fn endpoint(&self, session: crate::SessionId) -> crate::Endpoint {
         let mut endpoint = crate::Endpoint::new(&self.server, session, self.proxy.as_ref());
@@ -142,5 +163,68 @@ mod tests {
         assert!(o.proxy.is_none());
         assert_eq!(o.http_connect_authority(), "db.internal:80");
         assert!(ClientOptions::new("ftp://x").is_err());
+    }
+
+    /// The first request a session sends, as text.
+    fn first_request(options: &ClientOptions) -> String {
+        let session = crate::SessionId([7; 16]);
+        let mut client = crate::Client::new(
+            options.protocol.clone(),
+            options.endpoint(session),
+            session,
+            [1; 16],
+            crate::Instant::ZERO,
+        );
+        let mut buf = Vec::new();
+        let t = client
+            .poll_transmit(crate::Instant::ZERO, &mut buf)
+            .expect("an opening request");
+        String::from_utf8_lossy(&buf[..t.len]).into_owned()
+    }
+
+    #[test]
+    fn https_through_a_proxy_tunnels_with_origin_form_requests() {
+        let o = ClientOptions::new("https://server.example:8443/hw")
+            .unwrap()
+            .proxy("http://user:pass@proxy.example:3128")
+            .unwrap();
+        assert!(o.uses_connect_tunnel());
+        assert_eq!(o.http_connect_authority(), "proxy.example:3128");
+        let connect = o.connect_tunnel_head().unwrap();
+        assert_eq!(
+            core::str::from_utf8(&connect).unwrap(),
+            "CONNECT server.example:8443 HTTP/1.1\r\n\
+             Host: server.example:8443\r\n\
+             Proxy-Authorization: Basic dXNlcjpwYXNz\r\n\
+             \r\n"
+        );
+        // Inside the tunnel: origin form, the server's Host, no proxy credentials.
+        let request = first_request(&o);
+        assert!(
+            request.starts_with("POST /hw/07070707070707070707070707070707 HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(request.contains("\r\nHost: server.example:8443\r\n"));
+        assert!(!request.contains("Proxy-"), "{request}");
+
+        // Plain http through the same proxy: absolute form with the credentials, no tunnel.
+        let o = ClientOptions::new("http://server.example:8080/hw")
+            .unwrap()
+            .proxy("http://user:pass@proxy.example:3128")
+            .unwrap();
+        assert!(!o.uses_connect_tunnel());
+        assert!(o.connect_tunnel_head().is_none());
+        let request = first_request(&o);
+        assert!(request.starts_with("POST http://server.example:8080/hw/07"));
+        assert!(request.contains("Proxy-Authorization: Basic dXNlcjpwYXNz\r\n"));
+
+        // https without a proxy: no tunnel, IPv6 authority bracketed when there is one.
+        let o = ClientOptions::new("https://[::1]:9443/").unwrap();
+        assert!(o.connect_tunnel_head().is_none());
+        let o = o.proxy("http://proxy.example:3128").unwrap();
+        assert_eq!(
+            o.connect_tunnel_head().unwrap(),
+            b"CONNECT [::1]:9443 HTTP/1.1\r\nHost: [::1]:9443\r\n\r\n"
+        );
     }
 }

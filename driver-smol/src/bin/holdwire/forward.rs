@@ -1,21 +1,32 @@
 //! `holdwire client`: local TCP connections (or stdin/stdout) through sessions to a server.
 
 use std::io::ErrorKind;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::{AsyncWriteExt, StreamExt};
 use holdwire_smol::proto::url::Scheme;
-use holdwire_smol::{connect, copy_bidirectional, ClientOptions, Stream};
+use holdwire_smol::rustls::ClientConfig;
+use holdwire_smol::{connect, copy_bidirectional, tls, ClientOptions, Stream};
 use smol::net::TcpListener;
 
 use crate::serve::SessionLog;
 use crate::{seconds, token, ClientArgs, EXIT_AUTH, EXIT_CONFIG};
 
+/// Opens a session, with the TLS configuration for `https://` servers.
+async fn open(options: ClientOptions, tls: Option<Arc<ClientConfig>>) -> std::io::Result<Stream> {
+    match tls {
+        Some(tls) => Stream::connect_with_tls(options, tls).await,
+        None => connect(options).await,
+    }
+}
+
 pub fn run(args: ClientArgs) -> Result<(), (u8, String)> {
     let options = options(&args).map_err(|m| (EXIT_CONFIG, m))?;
+    let tls = tls_config(&args, &options).map_err(|m| (EXIT_CONFIG, m))?;
     smol::block_on(async move {
         if args.stdio {
-            return stdio(options).await;
+            return stdio(options, tls).await;
         }
         let listen = args.listen.as_deref().unwrap_or_default();
         let listener = TcpListener::bind(listen)
@@ -23,20 +34,21 @@ pub fn run(args: ClientArgs) -> Result<(), (u8, String)> {
             .map_err(|e| (1, format!("cannot listen on {listen}: {e}")))?;
         let local = listener.local_addr().map_err(|e| (1, e.to_string()))?;
         tracing::info!("forwarding {local} -> {}", args.server);
-        let (auth_failed_tx, auth_failed) = smol::channel::bounded::<String>(1);
+        // Failures that every later session would meet too end the command.
+        let (fatal_tx, fatal) = smol::channel::bounded::<(u8, String)>(1);
         let mut signals =
             async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
                 .map_err(|e| (1, format!("cannot handle signals: {e}")))?;
         enum Next {
             Conn(std::io::Result<(smol::net::TcpStream, std::net::SocketAddr)>),
-            AuthFailed(String),
+            Fatal(u8, String),
             Stop,
         }
         loop {
             let accepted = async { Next::Conn(listener.accept().await) };
             let refused = async {
-                match auth_failed.recv().await {
-                    Ok(m) => Next::AuthFailed(m),
+                match fatal.recv().await {
+                    Ok((code, m)) => Next::Fatal(code, m),
                     Err(_) => std::future::pending().await,
                 }
             };
@@ -48,9 +60,10 @@ pub fn run(args: ClientArgs) -> Result<(), (u8, String)> {
                 Next::Conn(Ok((tcp, peer))) => {
                     let _ = tcp.set_nodelay(true);
                     let options = options.clone();
-                    let auth_failed = auth_failed_tx.clone();
+                    let tls = tls.clone();
+                    let fatal = fatal_tx.clone();
                     smol::spawn(async move {
-                        match connect(options).await {
+                        match open(options, tls).await {
                             Ok(stream) => {
                                 let log =
                                     SessionLog::opened(&stream, &format!("connection from {peer}"));
@@ -58,7 +71,11 @@ pub fn run(args: ClientArgs) -> Result<(), (u8, String)> {
                                 log.closed(&stream, &result.map(|(down, up)| (down, Some(up))));
                             }
                             Err(e) if e.kind() == ErrorKind::PermissionDenied => {
-                                let _ = auth_failed.try_send(e.to_string());
+                                let _ = fatal.try_send((EXIT_AUTH, format!("refused: {e}")));
+                            }
+                            // A rejected server certificate (or bad data from the proxy).
+                            Err(e) if e.kind() == ErrorKind::InvalidData => {
+                                let _ = fatal.try_send((1, format!("cannot open sessions: {e}")));
                             }
                             Err(e) => tracing::warn!("connection from {peer}: {e}"),
                         }
@@ -66,7 +83,7 @@ pub fn run(args: ClientArgs) -> Result<(), (u8, String)> {
                     .detach();
                 }
                 Next::Conn(Err(e)) => tracing::warn!("accept failed: {e}"),
-                Next::AuthFailed(m) => return Err((EXIT_AUTH, format!("server refused us: {m}"))),
+                Next::Fatal(code, m) => return Err((code, m)),
                 Next::Stop => return Ok(()),
             }
         }
@@ -74,8 +91,8 @@ pub fn run(args: ClientArgs) -> Result<(), (u8, String)> {
 }
 
 /// One session carrying stdin to the server and the server's bytes to stdout.
-async fn stdio(options: ClientOptions) -> Result<(), (u8, String)> {
-    let stream = connect(options).await.map_err(|e| {
+async fn stdio(options: ClientOptions, tls: Option<Arc<ClientConfig>>) -> Result<(), (u8, String)> {
+    let stream = open(options, tls).await.map_err(|e| {
         let code = if e.kind() == ErrorKind::PermissionDenied {
             EXIT_AUTH
         } else {
@@ -131,8 +148,12 @@ fn options(args: &ClientArgs) -> Result<ClientOptions, String> {
             .proxy_from_env(|k| std::env::var(k).ok())
             .map_err(|e| e.to_string())?,
     };
-    if options.server.scheme == Scheme::Https || args.ca.is_some() {
-        return Err("https:// servers (and --ca) are not supported by this build yet".into());
+    if options
+        .proxy
+        .as_ref()
+        .is_some_and(|p| p.scheme == Scheme::Https)
+    {
+        return Err("https:// proxies are not supported (the proxy URL must be http://)".into());
     }
     if let Some(direct) = &args.direct {
         options = options.direct(direct);
@@ -146,4 +167,22 @@ fn options(args: &ClientArgs) -> Result<ClientOptions, String> {
     options.protocol.token = token;
     options.connect_timeout = Duration::from_secs(10);
     Ok(options)
+}
+
+/// The TLS configuration for an `https://` server: the system roots plus `--ca`. The file is
+/// read even for `http://` servers, so that a bad one is reported now.
+fn tls_config(
+    args: &ClientArgs,
+    options: &ClientOptions,
+) -> Result<Option<Arc<ClientConfig>>, String> {
+    let extra = match &args.ca {
+        Some(path) => tls::load_certs(path).map_err(|e| format!("--ca: {e}"))?,
+        None => Vec::new(),
+    };
+    if options.server.scheme != Scheme::Https {
+        return Ok(None);
+    }
+    tls::client_config(&extra)
+        .map(Some)
+        .map_err(|e| format!("--ca: {e}"))
 }

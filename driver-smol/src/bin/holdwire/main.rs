@@ -4,6 +4,9 @@
 //!   each session to the target.
 //! - `holdwire client --listen ADDR --server URL` carries each local TCP connection through a
 //!   session of its own; `--stdio` carries stdin/stdout (for `ssh -o ProxyCommand=...`).
+//! - HTTPS: `server --tls-cert FILE --tls-key FILE`; clients take `https://` URLs and verify
+//!   the server against the system roots plus `--ca FILE`, through a proxy's `CONNECT` tunnel
+//!   when there is a proxy.
 //! - `holdwire demo` runs an echo target, a server and a client in one process and measures them.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error (reported before
@@ -101,6 +104,12 @@ pub struct ServerArgs {
     /// Also accept direct TCP (for clients with --direct) on this address.
     #[arg(long, value_name = "ADDR")]
     pub direct_listen: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key (PKCS#8, RSA or EC) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// URL path prefix of the endpoint, for serving behind a reverse proxy.
     #[arg(long, value_name = "PREFIX", default_value = "/")]
     pub path: String,
@@ -142,7 +151,7 @@ pub struct ClientArgs {
     #[arg(
         long,
         value_name = "URL",
-        help = "The server endpoint, e.g. http://server.example:8080/"
+        help = "The server endpoint, e.g. http://server.example:8080/ or https://server.example/"
     )]
     pub server: String,
     #[arg(
@@ -158,7 +167,8 @@ pub struct ClientArgs {
     /// this long).
     #[arg(long, value_name = "SECS", default_value_t = 1.5)]
     pub direct_timeout: f64,
-    /// Extra root certificate (PEM) for https:// servers.
+    /// Also trust the root certificate(s) in this PEM file for https:// servers (the system's
+    /// roots are always trusted).
     #[arg(long, value_name = "FILE")]
     pub ca: Option<std::path::PathBuf>,
     #[command(flatten)]

@@ -39,6 +39,14 @@ pub fn run(args: ServerArgs) -> Result<(), (u8, String)> {
     if args.max_buffer < 64 * 1024 {
         return Err(config_error("--max-buffer must be at least 65536".into()));
     }
+    // Certificate and key are read now, so that a bad file is reported before anything starts.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            holdwire_smol::tls::server_config_from_pem(cert, key)
+                .map_err(|e| config_error(format!("--tls-cert/--tls-key: {e}")))?,
+        ),
+        _ => None,
+    };
     let mut config = ServerConfig {
         token,
         path_prefix: args.path.clone(),
@@ -52,16 +60,21 @@ pub fn run(args: ServerArgs) -> Result<(), (u8, String)> {
     config.session.recv_buffer = args.max_buffer;
 
     smol::block_on(async move {
-        let listener = match &args.direct_listen {
-            Some(direct) => Listener::bind_with_direct(&args.listen, direct, config).await,
-            None => Listener::bind(&args.listen, config).await,
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let listener = match (&args.direct_listen, tls) {
+            (Some(direct), Some(tls)) => {
+                Listener::bind_tls_with_direct(&args.listen, direct, config, tls).await
+            }
+            (Some(direct), None) => Listener::bind_with_direct(&args.listen, direct, config).await,
+            (None, Some(tls)) => Listener::bind_tls(&args.listen, config, tls).await,
+            (None, None) => Listener::bind(&args.listen, config).await,
         }
         .map_err(|e| (1, format!("cannot listen on {}: {e}", args.listen)))?;
         // (Addresses were checked before; what fails here is binding them.)
         let addr = listener.local_addr().map_err(|e| (1, e.to_string()))?;
         listener.log_refusals(true);
         tracing::info!(
-            "serving http://{addr}{} -> {}{}",
+            "serving {scheme}://{addr}{} -> {}{}",
             args.path,
             args.target,
             listener
