@@ -31,6 +31,9 @@ use crate::time::{self, Instant};
 use crate::url::{Scheme, Url};
 use crate::wire::{self, AbortCode, DecodeError, Header, SessionId, NONCE_LEN};
 
+/// Pre-opened requests refused or cut in a row before pre-opening stops for the session.
+const MAX_PRIME_FAILURES: u8 = 3;
+
 /// An answer this large shows bulk data from the server (its bundles carry at least 64 KiB of
 /// new data each, whatever its send window).
 const BULK_ANSWER: usize = 48 * 1024;
@@ -89,6 +92,15 @@ impl Endpoint {
     }
 
     fn encode_head(&self, buf: &mut Vec<u8>, content_length: usize) {
+        self.encode_head_framed(buf, Some(content_length));
+    }
+
+    /// The head of a request whose body goes out later (chunked).
+    fn encode_deferred_head(&self, buf: &mut Vec<u8>) {
+        self.encode_head_framed(buf, None);
+    }
+
+    fn encode_head_framed(&self, buf: &mut Vec<u8>, content_length: Option<usize>) {
         let target = match &self.absolute {
             Some((host, port)) => RequestTarget::Absolute {
                 host,
@@ -97,16 +109,17 @@ impl Endpoint {
             },
             None => RequestTarget::Origin { path: &self.path },
         };
-        http::encode_request_head(
-            buf,
-            &RequestHead {
-                target,
-                host: &self.host_header,
-                proxy_authorization: self.proxy_authorization.as_deref(),
-                content_length,
-                close: self.close_each,
-            },
-        );
+        let head = RequestHead {
+            target,
+            host: &self.host_header,
+            proxy_authorization: self.proxy_authorization.as_deref(),
+            content_length: content_length.unwrap_or(0),
+            close: self.close_each,
+        };
+        match content_length {
+            Some(_) => http::encode_request_head(buf, &head),
+            None => http::encode_deferred_request_head(buf, &head),
+        }
     }
 }
 
@@ -118,6 +131,8 @@ enum SlotState {
     Idle,
     /// An exchange is in progress.
     Busy,
+    /// A request head went out with its body deferred (see `ClientConfig::preopen`).
+    Primed,
 }
 
 #[derive(Debug)]
@@ -128,6 +143,9 @@ struct Slot {
     reused: bool,
     /// Response bytes arrived for the exchange in progress.
     answered: bool,
+    /// When the slot was primed; whether the exchange in progress went on a primed slot.
+    primed_at: Instant,
+    was_primed: bool,
 }
 
 #[derive(Debug)]
@@ -197,6 +215,9 @@ pub struct Client {
     last_failure: Instant,
     /// Connections the peer closed right after a response (see `note_closed_after_response`).
     closed_after_response: u8,
+    /// Pre-opened requests refused or cut in a row; at `MAX_PRIME_FAILURES` the path is
+    /// taken not to support them.
+    prime_failures: u8,
     retry_at: Option<Instant>,
     coalesce_until: Option<Instant>,
     last_heard: Instant,
@@ -235,6 +256,8 @@ impl Client {
                 parser: ResponseParser::new(config.session.http.clone()),
                 reused: false,
                 answered: false,
+                primed_at: Instant::ZERO,
+                was_primed: false,
             })
             .collect();
         let rtt = RttEstimator::new(config.initial_rto, config.min_rto, config.max_rto);
@@ -262,6 +285,7 @@ impl Client {
             failures: 0,
             last_failure: Instant::ZERO,
             closed_after_response: 0,
+            prime_failures: 0,
             retry_at: None,
             coalesce_until: None,
             last_heard: now,
@@ -305,6 +329,14 @@ impl Client {
     /// rate and round-trip time.
     pub fn send_window(&self) -> u64 {
         self.stream.send.send_window()
+    }
+
+    /// Requests pre-opened (head sent, body deferred) right now; see `ClientConfig::preopen`.
+    pub fn preopened_requests(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.state == SlotState::Primed)
+            .count()
     }
 
     /// Requests currently outstanding.
@@ -408,6 +440,10 @@ impl Client {
             return;
         };
         if self.slots[slot].state != SlotState::Busy {
+            if self.slots[slot].state == SlotState::Primed {
+                // The proxy answered a request whose body was not sent: it refuses them.
+                self.prime_failed();
+            }
             // Bytes with no request outstanding: the connection is unusable.
             self.close_slot(slot);
             return;
@@ -423,10 +459,19 @@ impl Client {
             return;
         }
         match self.slots[slot].parser.poll() {
-            Ok(Some(response)) => self.on_response(now, slot, response),
+            Ok(Some(response)) => {
+                if self.slots[slot].was_primed {
+                    self.prime_failures = 0;
+                }
+                self.on_response(now, slot, response);
+            }
             Ok(None) => {}
             Err(_) => self.slot_failed(now, slot),
         }
+    }
+
+    fn prime_failed(&mut self) {
+        self.prime_failures = self.prime_failures.saturating_add(1);
     }
 
     /// `conn` closed (EOF, reset, or the connection attempt failed).
@@ -437,6 +482,14 @@ impl Client {
         };
         match self.slots[slot].state {
             SlotState::Closed => {}
+            SlotState::Primed => {
+                // Closed before its body went out: a proxy that refuses deferred bodies does so
+                // at once; one that times them out does so much later.
+                if now < self.slots[slot].primed_at + Duration::from_secs(1) {
+                    self.prime_failed();
+                }
+                self.reset_slot(slot);
+            }
             SlotState::Idle => {
                 // The proxy or server closed a kept-alive connection after its response.
                 self.note_closed_after_response();
@@ -552,6 +605,11 @@ impl Client {
         for r in &self.in_flight {
             consider(r.answer_by);
         }
+        if self.phase == Phase::Open {
+            for s in self.slots.iter().filter(|s| s.state == SlotState::Primed) {
+                consider(s.primed_at + self.config.preopen_lifetime);
+            }
+        }
         next
     }
 
@@ -561,6 +619,53 @@ impl Client {
         if self.retry_at.is_some_and(|t| t > now) {
             return None;
         }
+        if let Some(t) = self.transmit_request(now, buf) {
+            return Some(t);
+        }
+        self.transmit_prime(now, buf)
+    }
+
+    /// Pre-opens a request (its head only) when the path closes connections after every
+    /// response and fewer than `preopen` are waiting.
+    fn transmit_prime(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        if self.phase != Phase::Open
+            || !self.endpoint.close_each
+            || self.prime_failures >= MAX_PRIME_FAILURES
+        {
+            return None;
+        }
+        let primed = self
+            .slots
+            .iter()
+            .filter(|s| s.state == SlotState::Primed)
+            .count();
+        let closed = self
+            .slots
+            .iter()
+            .filter(|s| s.state == SlotState::Closed)
+            .count();
+        // Leave a slot for a request that cannot wait.
+        if primed >= usize::from(self.config.preopen) || closed < 2 {
+            return None;
+        }
+        let slot = self
+            .slots
+            .iter()
+            .position(|s| s.state == SlotState::Closed)?;
+        let start = buf.len();
+        self.endpoint.encode_deferred_head(buf);
+        self.closes.retain(|c| c.0 != slot as u64);
+        let s = &mut self.slots[slot];
+        s.state = SlotState::Primed;
+        s.primed_at = now;
+        Some(Transmit {
+            conn: ConnId(slot as u64),
+            len: buf.len() - start,
+            open: true,
+        })
+    }
+
+    fn transmit_request(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
         let slot = self.free_slot()?;
         let in_flight = self.in_flight.len();
         let ended = self.is_ended();
@@ -582,7 +687,12 @@ impl Client {
                     r.carried_by
                         .is_none_or(|rid| !self.in_flight.iter().any(|f| f.rid == rid))
                 });
+                let prime_expired = self.slots.iter().any(|s| {
+                    s.state == SlotState::Primed
+                        && now >= s.primed_at + self.config.preopen_lifetime
+                });
                 let has_news = self.stream.send.has_sendable()
+                    || prime_expired
                     || self.hold_update_due
                     || has_reports
                     || self.stream.recv.window_opened();
@@ -633,7 +743,13 @@ impl Client {
         );
         let carried_data = planned.messages > 0;
         let start = buf.len();
-        self.endpoint.encode_head(buf, planned.len);
+        let primed = self.slots[slot].state == SlotState::Primed;
+        let bundle_len = planned.len;
+        if primed {
+            http::encode_deferred_body_prefix(buf, bundle_len);
+        } else {
+            self.endpoint.encode_head(buf, planned.len);
+        }
         let header = Header {
             response: false,
             session: self.session,
@@ -645,10 +761,15 @@ impl Client {
         };
         self.stream
             .write(planned, buf, header, &self.controls, rid, now, key);
+        if primed {
+            http::encode_deferred_body_suffix(buf, bundle_len);
+        }
         self.stream.stats.exchanges += 1;
 
         let open = self.slots[slot].state == SlotState::Closed;
-        self.slots[slot].reused = !open;
+        // (A pre-opened connection closing before its answer is no keep-alive race.)
+        self.slots[slot].reused = !open && !primed;
+        self.slots[slot].was_primed = primed;
         self.slots[slot].answered = false;
         if open {
             // Opening replaces the slot's old connection: a pending close of it is implied, and
@@ -705,13 +826,20 @@ impl Client {
             .filter(|&i| i < self.slots.len())
     }
 
+    /// The slot for the next request: the oldest pre-opened one (its connection, and the
+    /// proxy's to the server, are ready), else an idle keep-alive one, else a new connection.
     fn free_slot(&self) -> Option<usize> {
-        let idle = self.slots.iter().position(|s| s.state == SlotState::Idle);
-        idle.or_else(|| self.slots.iter().position(|s| s.state == SlotState::Closed))
+        let primed = (0..self.slots.len())
+            .filter(|&i| self.slots[i].state == SlotState::Primed)
+            .min_by_key(|&i| self.slots[i].primed_at);
+        let idle = || self.slots.iter().position(|s| s.state == SlotState::Idle);
+        let closed = || self.slots.iter().position(|s| s.state == SlotState::Closed);
+        primed.or_else(idle).or_else(closed)
     }
 
     fn reset_slot(&mut self, slot: usize) {
         self.slots[slot].state = SlotState::Closed;
+        self.slots[slot].was_primed = false;
         self.slots[slot].parser = ResponseParser::new(self.config.session.http.clone());
     }
 
@@ -1051,6 +1179,12 @@ impl Client {
         }
         self.phase = Phase::Ended(outcome);
         self.retry_at = None;
+        // Pre-opened requests would only hold the proxy's connections.
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].state == SlotState::Primed {
+                self.close_slot(slot);
+            }
+        }
         self.coalesce_until = None;
         // Outstanding requests need not wait for the server's maximum wait any more.
         let rto = self.rtt.rto();

@@ -87,6 +87,14 @@ pub struct ClientConfig {
     pub coalesce_delay: Duration,
     /// How often a clean close is announced to the server before giving up.
     pub close_attempts: u32,
+    /// Requests kept pre-opened (head sent, body deferred) on a path that closes connections
+    /// after every response, as tinyproxy does: such a proxy connects to the server only once
+    /// it has a request head, so a request that starts from scratch waits for two handshakes.
+    /// 0 turns this off.
+    pub preopen: u8,
+    /// A pre-opened request is sent (empty, as a poll) at the latest this long after its head,
+    /// well before servers and proxies time out a request body.
+    pub preopen_lifetime: Duration,
     /// Shared token: authenticate every bundle (see `auth`). Must match the server's.
     pub token: Option<Token>,
 }
@@ -107,6 +115,8 @@ impl Default for ClientConfig {
             max_failures: 12,
             coalesce_delay: Duration::ZERO,
             close_attempts: 8,
+            preopen: 2,
+            preopen_lifetime: Duration::from_secs(10),
             token: None,
         }
     }

@@ -147,6 +147,46 @@ impl fmt::Debug for RequestHead<'_> {
 /// if given, and the blank line. The caller appends the body; writing head and body in
 /// one write avoids a Nagle stall through proxies without `TCP_NODELAY` (tinyproxy).
 pub fn encode_request_head(buf: &mut Vec<u8>, head: &RequestHead<'_>) {
+    encode_request_head_framed(buf, head, false);
+}
+
+/// Appends the head of a request whose body is sent later, as one chunk
+/// ([`encode_deferred_body`]): like [`encode_request_head`] but with
+/// `Transfer-Encoding: chunked` instead of `Content-Length` (`head.content_length` is unused).
+/// A proxy that opens its upstream connection only once it has a request head (tinyproxy does,
+/// per request) can then do so before the body exists.
+pub fn encode_deferred_request_head(buf: &mut Vec<u8>, head: &RequestHead<'_>) {
+    encode_request_head_framed(buf, head, true);
+}
+
+/// Appends the body of a request whose head went out with [`encode_deferred_request_head`]:
+/// one chunk holding `body` (when not empty) and the last chunk.
+pub fn encode_deferred_body(buf: &mut Vec<u8>, body: &[u8]) {
+    encode_deferred_body_prefix(buf, body.len());
+    buf.extend_from_slice(body);
+    encode_deferred_body_suffix(buf, body.len());
+}
+
+/// The chunk-size line that goes before a deferred body of `len` bytes (nothing when empty).
+pub fn encode_deferred_body_prefix(buf: &mut Vec<u8>, len: usize) {
+    if len > 0 {
+        let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1);
+        for shift in (0..digits).rev() {
+            buf.push(b"0123456789abcdef"[(len >> (shift * 4)) & 0xf]);
+        }
+        buf.extend_from_slice(b"\r\n");
+    }
+}
+
+/// What goes after a deferred body of `len` bytes: the chunk's CRLF and the last chunk.
+pub fn encode_deferred_body_suffix(buf: &mut Vec<u8>, len: usize) {
+    if len > 0 {
+        buf.extend_from_slice(b"\r\n");
+    }
+    buf.extend_from_slice(b"0\r\n\r\n");
+}
+
+fn encode_request_head_framed(buf: &mut Vec<u8>, head: &RequestHead<'_>, chunked: bool) {
     debug_assert!(no_line_breaks(head.host));
     if let Some(auth) = head.proxy_authorization {
         debug_assert!(no_line_breaks(auth));
@@ -179,8 +219,13 @@ pub fn encode_request_head(buf: &mut Vec<u8>, head: &RequestHead<'_>) {
     };
     buf.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     buf.extend_from_slice(head.host.as_bytes());
-    buf.extend_from_slice(b"\r\nContent-Type: application/octet-stream\r\nContent-Length: ");
-    push_decimal(buf, head.content_length as u64);
+    buf.extend_from_slice(b"\r\nContent-Type: application/octet-stream\r\n");
+    if chunked {
+        buf.extend_from_slice(b"Transfer-Encoding: chunked");
+    } else {
+        buf.extend_from_slice(b"Content-Length: ");
+        push_decimal(buf, head.content_length as u64);
+    }
     buf.extend_from_slice(b"\r\nCache-Control: no-store\r\nPragma: no-cache\r\nConnection: ");
     buf.extend_from_slice(if head.close {
         b"close\r\n"
@@ -1954,6 +1999,34 @@ mod tests {
         assert_eq!(paths, ["/a", "/b", "/c"]);
         assert_eq!(&out[1].as_ref().unwrap().body[..], b"abc");
         assert!(!out[2].as_ref().unwrap().keep_alive);
+    }
+
+    #[test]
+    fn deferred_requests_parse_as_their_bodies() {
+        let head = RequestHead {
+            target: RequestTarget::Origin { path: "/s/1" },
+            host: "h:8080",
+            proxy_authorization: None,
+            content_length: 0,
+            close: true,
+        };
+        for body_len in [0usize, 1, 15, 16, 255, 256, 70_000] {
+            let body: Vec<u8> = (0..body_len).map(|i| (i % 251) as u8).collect();
+            let mut wire = Vec::new();
+            encode_deferred_request_head(&mut wire, &head);
+            let head_len = wire.len();
+            assert!(!wire.windows(15).any(|w| w == b"Content-Length:"));
+            encode_deferred_body(&mut wire, &body);
+            // The head alone is a request in progress; the body completes it.
+            let mut p = RequestParser::new(HttpLimits::default());
+            p.push(&wire[..head_len]).unwrap();
+            assert_eq!(p.poll().unwrap(), None);
+            p.push(&wire[head_len..]).unwrap();
+            let request = p.poll().unwrap().unwrap();
+            assert_eq!(request.path, "/s/1");
+            assert_eq!(&request.body[..], &body[..], "body of {body_len} bytes");
+            assert_eq!(p.buffered_len(), 0);
+        }
     }
 
     #[test]

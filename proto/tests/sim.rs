@@ -118,6 +118,17 @@ fn tinyproxy_style_close_after_every_response() {
         workload(4 << 20, 4 << 20, 3),
         1,
     );
+    // Such a proxy connects to the server per request head: once the path is known, requests
+    // are pre-opened (head first, body when there is one).
+    let mut preopened = 0;
+    for step in 1..=400 {
+        sim.config.max_time = Duration::from_millis(step * 5);
+        sim.run().unwrap();
+        preopened = preopened.max(sim.clients[0].core.preopened_requests());
+    }
+    assert!(preopened > 0, "no request was pre-opened");
+    assert!(preopened <= usize::from(client_config().preopen));
+    sim.config.max_time = SimConfig::default().max_time;
     assert_clean_transfer(&mut sim);
     let c = &sim.clients[0].core;
     assert!(c.uses_fresh_connections());
