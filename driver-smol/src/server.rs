@@ -109,15 +109,21 @@ impl ServerSession {
 
 impl ServerState {
     fn drain(&mut self, now: Instant, shared: &Arc<ServerShared>) {
+        // Peers of the connections closed here, for the log lines of their refusals (a refusal
+        // usually closes its connection before it is logged).
+        let mut closed: Vec<(u64, SocketAddr)> = Vec::new();
         loop {
             self.buf.clear();
             while let Some(t) = self.core.poll_transmit(now, &mut self.buf) {
                 let bytes = self.buf[..t.len].to_vec();
                 self.buf.clear();
                 if t.close_after {
-                    if let Some((conn, _)) = self.conns.remove(&t.conn.0) {
+                    if let Some((conn, peer)) = self.conns.remove(&t.conn.0) {
                         conn.send(bytes, true);
                         conn.detach();
+                        if self.log_refusals {
+                            closed.push((t.conn.0, peer));
+                        }
                     }
                 } else if let Some((conn, _)) = self.conns.get(&t.conn.0) {
                     conn.send(bytes, false);
@@ -127,12 +133,23 @@ impl ServerState {
                 self.buf = Vec::new();
             }
             while let Some(conn) = self.core.poll_close() {
-                self.conns.remove(&conn.0);
+                if let Some((_, peer)) = self.conns.remove(&conn.0) {
+                    if self.log_refusals {
+                        closed.push((conn.0, peer));
+                    }
+                }
             }
             // Refusals are for logs, which the application asks for.
             while let Some(refusal) = self.core.poll_refusal() {
                 if self.log_refusals {
-                    let peer = self.conns.get(&refusal.conn.0).map(|(_, p)| *p);
+                    let key = refusal.conn.0;
+                    let peer = self.conns.get(&key).map(|(_, p)| *p).or_else(|| {
+                        closed
+                            .iter()
+                            .rev()
+                            .find(|(k, _)| *k == key)
+                            .map(|(_, p)| *p)
+                    });
                     eprintln!(
                         "holdwire: refused a request from {}: HTTP {} ({})",
                         peer.map_or_else(|| "a closed connection".to_string(), |p| p.to_string()),
@@ -231,6 +248,10 @@ impl ServerState {
                         conn.0,
                     );
                     self.conns.insert(conn.0, (handle, peer));
+                } else if self.log_refusals {
+                    eprintln!(
+                        "holdwire: refused a connection from {peer}: connection limit reached"
+                    );
                 }
             }
             Input::Sent { .. } | Input::Kick => {}
@@ -615,8 +636,9 @@ impl Listener {
         lock(&self.shared.state).core.stats()
     }
 
-    /// Prints every refused request (bad token, unknown session, malformed or oversized
-    /// request, limits) to stderr, with the peer address, HTTP status and reason.
+    /// Prints every refused request (bad token, unknown session, malformed, oversized or too
+    /// slow request, limits) to stderr, with the peer address, HTTP status and reason, and every
+    /// connection closed at the connection limit.
     pub fn log_refusals(&self, on: bool) {
         lock(&self.shared.state).log_refusals = on;
     }

@@ -220,6 +220,17 @@ impl FaultRelay {
         self.shared.connections.load(Ordering::Relaxed)
     }
 
+    /// The last requests with a body that clients sent through the relay (at most 16, oldest
+    /// first), each a whole HTTP message as the client sent it.
+    pub fn captured(&self) -> Vec<Vec<u8>> {
+        let captured = self
+            .shared
+            .captured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        captured.iter().cloned().collect()
+    }
+
     /// Replaces the plan for the exchanges that start from now on (for example to cut a
     /// session off completely in the middle of a transfer).
     pub fn set_plan(&self, plan: Plan) {
