@@ -106,7 +106,9 @@ fn outcome(r: &std::io::Result<(Digest, Digest)>) -> String {
 }
 
 fn one_kind(fault: Fault, rate: f64) {
-    let plan = Plan::new(0x5EED ^ fault as u64).with(fault, rate);
+    let plan = Plan::new(0x5EED ^ fault as u64)
+        .with(fault, rate)
+        .rotating(8);
     transfer(&format!("{fault:?}"), plan, LEN, &[fault]);
 }
 
@@ -158,7 +160,12 @@ fn replayed_requests() {
 /// Every fault kind at once, 64 MiB each way.
 #[test]
 fn all_faults_mixed() {
-    transfer("mixed", Plan::mixed(0xFA17, 0.03), LEN, &Fault::ALL);
+    transfer(
+        "mixed",
+        Plan::mixed(0xFA17, 0.03).rotating(8),
+        LEN,
+        &Fault::ALL,
+    );
 }
 
 /// The path breaks for good mid-transfer (every request cut from then on): both ends fail

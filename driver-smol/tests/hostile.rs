@@ -33,7 +33,7 @@ const TOKEN: &str = "hostile-test-token";
 /// The server's `--request-timeout` in these tests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// The bound on the server's resident memory, in KiB, throughout every attack.
-const RSS_BOUND_KB: u64 = 96 * 1024;
+const RSS_BOUND_KB: u64 = 64 * 1024;
 /// How long helper threads may live, whatever happens.
 const THREAD_LIFETIME: Duration = Duration::from_secs(120);
 

@@ -51,8 +51,11 @@ fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 's
 fn all_faults_mixed_64_mib_each_way() {
     let _heavy = heavy();
     let listener = Listener::bind("127.0.0.1:0", server_config()).unwrap();
-    let relay =
-        FaultRelay::start(listener.local_addr().unwrap(), Plan::mixed(0x57D, 0.03)).expect("relay");
+    let relay = FaultRelay::start(
+        listener.local_addr().unwrap(),
+        Plan::mixed(0x57D, 0.03).rotating(8),
+    )
+    .expect("relay");
     let _echo = serve_echo(listener);
     let options = client_options(&relay);
     let transfer = bounded(Duration::from_secs(180), move || {

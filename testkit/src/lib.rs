@@ -5,8 +5,10 @@
 //! networks do. It reads each request from the client and each response from the server as a
 //! whole message (a head and a `Content-Length` body: what holdwire sends), one exchange at a
 //! time per connection, and for each exchange applies at most one [`Fault`], drawn from a
-//! seeded random generator with the rates of its [`Plan`]. [`FaultRelay::count`] says how often
-//! each fault was applied, so that a test can prove the faults happened.
+//! seeded random generator with the rates of its [`Plan`] (and, with [`Plan::rotating`], every
+//! n-th exchange gets the least-applied fault, so that every fault of the plan surely happens).
+//! [`FaultRelay::count`] says how often each fault was applied, so that a test can prove the
+//! faults happened.
 //!
 //! Every socket wait is bounded (short read timeouts, checked against a stop flag and a
 //! deadline); dropping the relay stops its threads within a fraction of a second.
@@ -79,6 +81,11 @@ pub struct Plan {
     pub max_delay: Duration,
     /// How long [`Fault::Stall`] stalls a response.
     pub stall: Duration,
+    /// When non-zero, every `rotate`-th exchange (counted over all connections) gets the
+    /// least-applied fault with a non-zero rate instead of a random draw, so that every
+    /// fault of the plan is applied within the first `9 * rotate` exchanges or so, however
+    /// the random draws fall.
+    pub rotate: u64,
 }
 
 impl Plan {
@@ -89,6 +96,7 @@ impl Plan {
             rates: [0.0; 9],
             max_delay: Duration::from_millis(50),
             stall: Duration::from_millis(1500),
+            rotate: 0,
         }
     }
 
@@ -114,6 +122,26 @@ impl Plan {
             "fault rates exceed 1"
         );
         self
+    }
+
+    /// Sets [`Plan::rotate`].
+    pub fn rotating(mut self, every: u64) -> Plan {
+        self.rotate = every;
+        self
+    }
+
+    /// The fault for exchange number `n` (from 1), if any.
+    fn choose(&self, n: u64, rng: &mut Rng, counts: &[AtomicU64; 9]) -> Option<Fault> {
+        if self.rotate > 0 && n % self.rotate == 0 {
+            let least = Fault::ALL
+                .iter()
+                .filter(|f| self.rates[f.index()] > 0.0)
+                .min_by_key(|f| counts[f.index()].load(Ordering::Relaxed));
+            if let Some(&f) = least {
+                return Some(f);
+            }
+        }
+        self.pick(rng)
     }
 
     /// Draws the fault for one exchange, if any.
@@ -441,8 +469,8 @@ fn relay_connection(shared: &Shared, down: TcpStream, index: u64) {
     };
     let (mut down, mut up) = (Peer::new(down), Peer::new(up));
     while let Some(request) = down.read_message(&shared.stop, REQUEST_WAIT) {
-        shared.exchanges.fetch_add(1, Ordering::Relaxed);
-        let fault = shared.plan().pick(&mut rng);
+        let n = shared.exchanges.fetch_add(1, Ordering::Relaxed) + 1;
+        let fault = shared.plan().choose(n, &mut rng, &shared.counts);
         let next = exchange(shared, &mut rng, &mut down, &mut up, request, fault);
         if matches!(next, Next::Close) {
             break;
@@ -689,6 +717,20 @@ mod tests {
         assert!((2200..2800).contains(&drops), "{drops}");
         assert!((4700..5300).contains(&replays), "{replays}");
         assert!((2200..2800).contains(&none), "{none}");
+    }
+
+    #[test]
+    fn rotation_applies_the_least_applied_fault() {
+        let plan = Plan::new(1)
+            .with(Fault::Drop, 0.001)
+            .with(Fault::Stall, 0.001)
+            .rotating(2);
+        let counts: [AtomicU64; 9] = Default::default();
+        let mut rng = Rng(3);
+        counts[Fault::Drop.index()].store(5, Ordering::Relaxed);
+        assert_eq!(plan.choose(4, &mut rng, &counts), Some(Fault::Stall));
+        counts[Fault::Stall.index()].store(6, Ordering::Relaxed);
+        assert_eq!(plan.choose(6, &mut rng, &counts), Some(Fault::Drop));
     }
 
     #[test]
