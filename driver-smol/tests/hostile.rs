@@ -618,6 +618,10 @@ fn slowloris_in_headers() {
             start.elapsed()
         );
         for (c, reply) in conns.iter_mut().zip(replies.iter_mut()) {
+            // Read first: a drip after the server closed may be answered with a reset.
+            if reply.is_none() {
+                *reply = c.poll(Duration::ZERO);
+            }
             if reply.is_none() {
                 c.send(format!("X-Drip-{i}: a\r\n").as_bytes());
                 *reply = c.poll(Duration::from_millis(5));
@@ -659,6 +663,9 @@ fn slowloris_in_body() {
     while replies.iter().any(Option::is_none) {
         assert!(start.elapsed() < REQUEST_TIMEOUT * 5, "still open");
         for (c, reply) in conns.iter_mut().zip(replies.iter_mut()) {
+            if reply.is_none() {
+                *reply = c.poll(Duration::ZERO);
+            }
             if reply.is_none() {
                 c.send(b"\x01");
                 *reply = c.poll(Duration::from_millis(5));
@@ -769,10 +776,10 @@ fn chunked_bodies_that_never_end() {
     let start = Instant::now();
     let reply = loop {
         assert!(start.elapsed() < REQUEST_TIMEOUT * 5, "still open");
-        slow.send(b"1\r\nx\r\n");
         if let Some(r) = slow.poll(Duration::from_millis(200)) {
             break r;
         }
+        slow.send(b"1\r\nx\r\n");
     };
     assert_eq!(reply.status(), Some(408), "{reply:?}");
     arena.server.assert_logged(slow.local, 408);

@@ -14,6 +14,7 @@
 //! deadline); dropping the relay stops its threads within a fraction of a second.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
