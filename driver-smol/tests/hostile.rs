@@ -747,28 +747,38 @@ fn chunked_bodies_that_never_end() {
     let head = b"POST /00112233445566778899aabbccddeeff HTTP/1.1\r\nHost: x\r\n\
                  Transfer-Encoding: chunked\r\n\r\n";
 
-    // Fast: 64 KiB chunks until the server answers (at most 64 MiB).
-    let mut fast = Raw::connect(arena.addr());
-    fast.send(head);
+    // Fast: 64 KiB chunks until the server answers (at most 64 MiB), a few times over. The
+    // client is still sending when the server refuses and closes: the answer must reach it
+    // all the same, not be destroyed by a reset (the server lingers before closing).
     let chunk = {
         let mut c = b"10000\r\n".to_vec();
         c.extend(std::iter::repeat_n(b'x', 0x10000));
         c.extend_from_slice(b"\r\n");
         c
     };
-    let mut reply = None;
-    for _ in 0..1024 {
-        if !fast.send(&chunk) {
-            break;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let mut fast = Raw::connect(arena.addr());
+        fast.send(head);
+        let mut reply = None;
+        for _ in 0..1024 {
+            if !fast.send(&chunk) {
+                break;
+            }
+            if let Some(r) = fast.poll(Duration::ZERO) {
+                reply = Some(r);
+                break;
+            }
         }
-        if let Some(r) = fast.poll(Duration::ZERO) {
-            reply = Some(r);
-            break;
-        }
+        let reply = reply.unwrap_or_else(|| fast.reply(Duration::from_secs(10)));
+        // 413 at the body limit; on a machine too loaded to take 4 MiB within the request
+        // timeout, 408 first. Either refuses the request, and is logged.
+        let status = reply.status();
+        assert!(matches!(status, Some(413 | 408)), "{reply:?}");
+        arena.server.assert_logged(fast.local, status.unwrap());
+        statuses.push(status.unwrap());
     }
-    let reply = reply.unwrap_or_else(|| fast.reply(Duration::from_secs(10)));
-    assert_eq!(reply.status(), Some(413), "{reply:?}");
-    arena.server.assert_logged(fast.local, 413);
+    eprintln!("fast endless chunked bodies answered {statuses:?}");
 
     // Slow: a one-byte chunk every 200 ms.
     let mut slow = Raw::connect(arena.addr());
