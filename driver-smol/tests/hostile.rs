@@ -896,7 +896,7 @@ fn unknown_and_guessed_session_ids() {
 
 /// With a token, a request of one session replayed into another (the good session: its id in
 /// the path and the bundle, the CRC fixed up) fails its tag: `403`, logged, and the good
-/// session is untouched. Replayed into its own session it is a harmless duplicate (`200`).
+/// session is untouched. Requests of an aborted session replayed later get `410`.
 #[test]
 fn requests_of_one_session_replayed_into_another() {
     let arena = Arena::with_token("replay into another session", &[]);
@@ -926,6 +926,43 @@ fn requests_of_one_session_replayed_into_another() {
         assert_eq!(reply.status(), Some(400), "{reply:?}");
         arena.server.assert_logged(from, 400);
     }
+
+    // Requests of a session that was aborted, replayed afterwards: `410`, logged.
+    let relay = FaultRelay::start(arena.addr(), Plan::new(2)).unwrap();
+    let mut options =
+        holdwire_std::ClientOptions::new(&format!("http://{}/", relay.addr())).unwrap();
+    options.protocol.token = Some(Token::new(TOKEN.as_bytes()));
+    let mut aborted = holdwire_std::Stream::connect(options).expect("connect");
+    aborted.write_all(b"soon aborted").unwrap();
+    let mut back = [0u8; 12];
+    aborted.read_exact(&mut back).unwrap();
+    aborted.abort().unwrap();
+    let captured = relay.captured();
+    assert!(!captured.is_empty());
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut gone = 0;
+    for request in &captured {
+        // The opening request is tagged with the opening key, which an ended session no longer
+        // has: it fails authentication (403) instead.
+        let body = body_of(request);
+        let opening = u64::from_be_bytes(body[20..28].try_into().unwrap()) == 1;
+        let expected = |status| status == Some(410) || (opening && status == Some(403));
+        // The server answers 410 once the session's end was delivered and it is forgotten.
+        let (reply, from) = loop {
+            let (reply, from) = one_shot(arena.addr(), request);
+            if expected(reply.status()) || Instant::now() >= until {
+                break (reply, from);
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        assert!(expected(reply.status()), "{reply:?}");
+        arena.server.assert_logged(from, reply.status().unwrap());
+        gone += usize::from(reply.status() == Some(410));
+    }
+    assert!(
+        gone > 0,
+        "no replay of the aborted session was answered 410"
+    );
     arena.finish(before);
 }
 

@@ -497,9 +497,12 @@ impl Server {
                     (Ok(()), true) => {
                         self.respond_bare_keyed(conn, 200, id, rid, s2c.as_ref(), |enc| enc.close())
                     }
-                    (Err(_), true) => self.respond_bare(conn, 410, id, rid, |enc| {
-                        enc.abort(AbortCode::UNKNOWN_SESSION, "session ended")
-                    }),
+                    (Err(_), true) => {
+                        self.respond_bare(conn, 410, id, rid, |enc| {
+                            enc.abort(AbortCode::UNKNOWN_SESSION, "session ended")
+                        });
+                        self.note_refusal(conn, 410, "session ended abnormally");
+                    }
                 }
                 return;
             }

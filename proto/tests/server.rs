@@ -342,6 +342,30 @@ fn garbage_start_is_refused_at_once() {
     assert_eq!(s.connection_count(), 1);
 }
 
+/// A request for a session that ended abnormally gets 410 and is reported for the log like
+/// every other refusal (regression: 410 was neither logged nor counted).
+#[test]
+fn request_for_an_aborted_session_gets_410_and_is_logged() {
+    let mut s = server(ServerConfig::default());
+    let mut c = client(9);
+    let sid = c.session_id();
+    let open = next_request(&mut c, at(0));
+    send(&mut s, at(0), &open);
+    assert_eq!(responses(&mut s, at(0))[0].1, 200);
+    s.abort(at(1), sid, AbortCode::APPLICATION, "bye");
+    let _ = responses(&mut s, at(1));
+    assert_eq!(s.session_count(), 0, "the aborted session lingers");
+    while s.poll_refusal().is_some() {}
+    let refused_before = s.stats().requests_refused;
+    let conn = send(&mut s, at(2), &open);
+    let r = responses(&mut s, at(2));
+    assert_eq!((r[0].0, r[0].1), (conn, 410));
+    assert_eq!(abort_code(&r[0].2), Some(AbortCode::UNKNOWN_SESSION));
+    let refusal = s.poll_refusal().expect("the 410 is reported for the log");
+    assert_eq!((refusal.conn, refusal.status), (conn, 410));
+    assert_eq!(s.stats().requests_refused, refused_before + 1);
+}
+
 /// Silent new connections (half-open, or never used) are answered 408, logged, and closed at
 /// the request timeout, not kept for the much longer keep-alive timeout.
 #[test]
