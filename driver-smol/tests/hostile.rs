@@ -359,7 +359,6 @@ struct Arena {
     name: &'static str,
     good: GoodSession,
     rss: RssWatch,
-    token: Option<&'static str>,
     server: Server,
     _echo: Echo,
 }
@@ -392,7 +391,6 @@ impl Arena {
             name,
             good,
             rss,
-            token,
             server,
             _echo: echo,
         }
@@ -440,7 +438,6 @@ impl Arena {
             matches!(self.server.child.try_wait(), Ok(None)),
             "{name}: the server exited:\n{log}"
         );
-        let _ = self.token;
     }
 }
 

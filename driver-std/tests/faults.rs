@@ -2,7 +2,7 @@
 //! `holdwire_testkit::FaultRelay` (drops, cuts, delays, stalls, flipped bytes, proxy error pages
 //! and replays, all mixed): 64 MiB each way at once through an echo service, every byte checked
 //! in order; and GNU httptunnel's leak (an aborted busy session's bytes must not reach the next
-//! session). The per-fault-kind runs are in holdwire-smol's `tests/faults.rs`.
+//! session); and each fault kind alone.
 
 mod common;
 
@@ -72,6 +72,43 @@ fn all_faults_mixed_64_mib_each_way() {
         assert!(
             relay.count(f) > 0,
             "never applied {f:?}: {}",
+            relay.summary()
+        );
+    }
+}
+
+/// Each fault kind alone (32 MiB each way per kind, to keep the run short; the mixed run above
+/// and holdwire-smol's per-kind runs move 64 MiB).
+#[test]
+fn each_fault_kind_alone() {
+    const KIND_LEN: u64 = 32 << 20;
+    let _heavy = heavy();
+    let listener = Listener::bind("127.0.0.1:0", server_config()).unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let _echo = serve_echo(listener);
+    for (i, fault) in Fault::ALL.into_iter().enumerate() {
+        let rate = if fault == Fault::Delay { 0.3 } else { 0.05 };
+        let plan = Plan::new(0xCAFE + i as u64).with(fault, rate).rotating(8);
+        let relay = FaultRelay::start(upstream, plan).expect("relay");
+        let options = client_options(&relay);
+        let seed = 0x100 + i as u64;
+        let transfer = bounded(Duration::from_secs(120), move || {
+            let stream = Stream::connect(options).map_err(|e| e.to_string())?;
+            bulk_echo(stream, KIND_LEN, seed)
+        });
+        eprintln!(
+            "{fault:?} (holdwire-std): {transfer:?}; relay: {}",
+            relay.summary()
+        );
+        let transfer = transfer.unwrap_or_else(|e| panic!("{fault:?}: {e}"));
+        assert_eq!(
+            transfer.checksum,
+            pattern_checksum(seed, KIND_LEN),
+            "{fault:?}"
+        );
+        assert!(
+            relay.count(fault) > 0,
+            "{fault:?} never applied: {}",
             relay.summary()
         );
     }
