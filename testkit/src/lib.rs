@@ -462,7 +462,7 @@ enum Next {
     Close,
 }
 
-fn relay_connection(shared: &Shared, down: TcpStream, index: u64) {
+fn relay_connection(shared: &Arc<Shared>, down: TcpStream, index: u64) {
     let seed = shared.plan().seed;
     let mut rng = Rng(seed ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03));
     let Ok(up) = TcpStream::connect_timeout(&shared.upstream, Duration::from_secs(5)) else {
@@ -487,7 +487,7 @@ fn count(shared: &Shared, fault: Fault) {
 
 /// Forwards one exchange, applying `fault`.
 fn exchange(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     rng: &mut Rng,
     down: &mut Peer,
     up: &mut Peer,
@@ -662,19 +662,18 @@ fn close_after(request: &Message, response: &Message) -> Next {
 }
 
 /// Sends `old` on a new upstream connection and discards the answer (bounded in time).
-fn replay_beside(shared: &Shared, old: Vec<u8>) {
-    let upstream = shared.upstream;
+fn replay_beside(shared: &Arc<Shared>, old: Vec<u8>) {
+    let shared = shared.clone();
     let _ = thread::Builder::new()
         .name("fault-relay-replay".into())
         .spawn(move || {
-            let Ok(tcp) = TcpStream::connect_timeout(&upstream, Duration::from_secs(5)) else {
+            let Ok(tcp) = TcpStream::connect_timeout(&shared.upstream, Duration::from_secs(5))
+            else {
                 return;
             };
             let mut peer = Peer::new(tcp);
             if peer.send(&old) {
-                // A held replay is answered within the server's max wait; stop waiting sooner.
-                let never = AtomicBool::new(false);
-                let _ = peer.read_message(&never, Duration::from_secs(30));
+                let _ = peer.read_message(&shared.stop, RESPONSE_WAIT);
             }
             peer.close();
         });
