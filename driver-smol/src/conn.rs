@@ -9,7 +9,8 @@
 //!
 //! Closing a connection is dropping its [`ConnHandle`]: that cancels the task, which drops the
 //! socket. A response that must be written before closing (`close_after`) detaches the task
-//! instead, and the task shuts the socket down once the outbox is empty.
+//! instead, and the task shuts the socket down once the outbox is empty, then lingers briefly
+//! (reading and discarding) so that the peer can read that response before the close.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -197,6 +198,7 @@ async fn run(connect: Connect, out: Arc<Outbox>, inbox: Sender<Input>, key: u64)
             }
             Step::Shutdown => {
                 let _ = socket.get_ref().shutdown(Shutdown::Write);
+                linger(&socket).await;
                 break;
             }
             Step::Read(Ok(Some(data))) => {
@@ -208,6 +210,42 @@ async fn run(connect: Connect, out: Arc<Outbox>, inbox: Sender<Input>, key: u64)
         }
     }
     let _ = inbox.send(Input::Closed { key }).await;
+}
+
+/// How long a connection closing after its last response keeps reading (see [`linger`]).
+const LINGER: Duration = Duration::from_secs(2);
+/// Most bytes discarded while lingering.
+const LINGER_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// After the last response of a connection that closes (its write side already shut down):
+/// reads and discards what the peer still sends, until its EOF, for at most [`LINGER`] and
+/// [`LINGER_MAX_BYTES`]. Closing a socket with unread input resets the connection, and the
+/// reset can destroy the response before the peer reads it: a client still sending a body
+/// that was refused (`413`, `408`, `400`) would see a reset instead of the status. (nginx's
+/// and Apache's "lingering close".)
+async fn linger(socket: &Async<TcpStream>) {
+    let drain = async {
+        let mut discarded = 0usize;
+        while discarded <= LINGER_MAX_BYTES {
+            match socket.read_with(discard_now).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => discarded += n,
+            }
+        }
+    };
+    drain
+        .or(async {
+            Timer::after(LINGER).await;
+        })
+        .await;
+}
+
+/// Reads what is available into the scratch buffer and forgets it; 0 at EOF.
+fn discard_now(socket: &TcpStream) -> io::Result<usize> {
+    SCRATCH.with(|scratch| {
+        let mut socket = socket;
+        socket.read(&mut scratch.borrow_mut()[..])
+    })
 }
 
 /// Connects to `authority` (`host:port`, IPv6 in brackets) within `timeout`, trying each

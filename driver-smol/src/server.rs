@@ -111,15 +111,21 @@ impl ServerSession {
 
 impl ServerState {
     fn drain(&mut self, now: Instant, shared: &Arc<ServerShared>) {
+        // Peers of the connections closed here, for the log lines of their refusals (a refusal
+        // usually closes its connection before it is logged).
+        let mut closed: Vec<(u64, SocketAddr)> = Vec::new();
         loop {
             self.buf.clear();
             while let Some(t) = self.core.poll_transmit(now, &mut self.buf) {
                 let bytes = self.buf[..t.len].to_vec();
                 self.buf.clear();
                 if t.close_after {
-                    if let Some((conn, _)) = self.conns.remove(&t.conn.0) {
+                    if let Some((conn, peer)) = self.conns.remove(&t.conn.0) {
                         conn.send(bytes, true);
                         conn.detach();
+                        if self.log_refusals {
+                            closed.push((t.conn.0, peer));
+                        }
                     }
                 } else if let Some((conn, _)) = self.conns.get(&t.conn.0) {
                     conn.send(bytes, false);
@@ -129,12 +135,23 @@ impl ServerState {
                 self.buf = Vec::new();
             }
             while let Some(conn) = self.core.poll_close() {
-                self.conns.remove(&conn.0);
+                if let Some((_, peer)) = self.conns.remove(&conn.0) {
+                    if self.log_refusals {
+                        closed.push((conn.0, peer));
+                    }
+                }
             }
             // Refusals are for logs, which the application asks for.
             while let Some(refusal) = self.core.poll_refusal() {
                 if self.log_refusals {
-                    let peer = self.conns.get(&refusal.conn.0).map(|(_, p)| *p);
+                    let key = refusal.conn.0;
+                    let peer = self.conns.get(&key).map(|(_, p)| *p).or_else(|| {
+                        closed
+                            .iter()
+                            .rev()
+                            .find(|(k, _)| *k == key)
+                            .map(|(_, p)| *p)
+                    });
                     tracing::warn!(
                         "refused a request from {}: HTTP {} ({})",
                         peer.map_or_else(|| "a closed connection".to_string(), |p| p.to_string()),
@@ -241,9 +258,12 @@ impl ServerState {
     /// Announces a new connection to the core and starts its task; at the connection cap the
     /// core says no, and dropping `connect` closes the socket.
     fn accept(&mut self, now: Instant, connect: Connect, peer: SocketAddr, kicker: &Kicker) {
+        // At the connection cap the core says no: dropping the socket closes it.
         if let Some(conn) = self.core.handle_accept(now) {
             let handle = ConnHandle::spawn(connect, kicker.inbox().clone(), conn.0);
             self.conns.insert(conn.0, (handle, peer));
+        } else if self.log_refusals {
+            tracing::warn!("refused a connection from {peer}: connection limit reached");
         }
     }
 }
@@ -664,9 +684,10 @@ impl Listener {
         lock(&self.shared.state).core.stats()
     }
 
-    /// Logs every refused request (bad token, unknown session, malformed or oversized
-    /// request, limits) as a `tracing` warning, with the peer address, HTTP status and reason;
-    /// and, with TLS, every failed handshake.
+    /// Logs every refused request (bad token, unknown session, malformed, oversized or too
+    /// slow request, limits) as a `tracing` warning, with the peer address, HTTP status and
+    /// reason; every connection closed at the connection limit; and, with TLS, every failed
+    /// handshake.
     pub fn log_refusals(&self, on: bool) {
         lock(&self.shared.state).log_refusals = on;
         if let Some(log) = &self.tls_log {

@@ -428,6 +428,9 @@ impl Owner {
     }
 
     fn drain_once(&mut self, st: &mut ServerState, now: Instant) {
+        // Peers of the connections closed here, for the log lines of their refusals (a refusal
+        // usually closes its connection before it is logged).
+        let mut closed: Vec<(u64, SocketAddr)> = Vec::new();
         loop {
             self.buf.clear();
             let Some(t) = st.core.poll_transmit(now, &mut self.buf) else {
@@ -438,16 +441,26 @@ impl Owner {
             }
             if t.close_after {
                 // The writer shuts the socket down once the response is out.
-                self.conns.remove(&t.conn.0);
+                if let Some((_, peer)) = self.conns.remove(&t.conn.0) {
+                    closed.push((t.conn.0, peer));
+                }
             }
         }
         while let Some(c) = st.core.poll_close() {
-            if let Some((conn, _)) = self.conns.remove(&c.0) {
+            if let Some((conn, peer)) = self.conns.remove(&c.0) {
                 conn.close();
+                closed.push((c.0, peer));
             }
         }
         while let Some(r) = st.core.poll_refusal() {
-            let peer = self.conns.get(&r.conn.0).map(|(_, a)| *a);
+            let key = r.conn.0;
+            let peer = self.conns.get(&key).map(|(_, a)| *a).or_else(|| {
+                closed
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, a)| *a)
+            });
             log!(
                 "refused a request from {}: HTTP {} {}",
                 peer.map_or_else(|| "?".into(), |a| a.to_string()),

@@ -143,7 +143,8 @@ pub struct ServerConfig {
     /// Most bytes all connections together may buffer for requests still arriving (each one
     /// is also bounded by `session.http`); past it, further bytes get `503` and a close.
     pub max_request_memory: usize,
-    /// A connection must deliver a whole request within this long once it started one.
+    /// A connection must deliver a whole request within this long once it started one, and a
+    /// new connection its first request within this long of being accepted (else `408`).
     pub request_timeout: Duration,
     /// An idle keep-alive connection is closed after this long.
     pub keep_alive_timeout: Duration,

@@ -572,10 +572,11 @@ impl RequestParser {
         core::mem::take(&mut self.core.expect_continue)
     }
 
-    /// Received bytes not yet consumed: a partial head, a `Content-Length` body in
-    /// progress, undecoded chunked data, or the start of the next request.
+    /// Received bytes held for requests not yet polled: a partial head, a
+    /// `Content-Length` body in progress, a chunked body decoded so far and undecoded
+    /// chunked data, or the start of the next request.
     pub fn buffered_len(&self) -> usize {
-        self.core.buf.len()
+        self.core.held_len()
     }
 
     /// True if part of a request that is not complete yet has been received (a close now
@@ -740,6 +741,18 @@ impl Core {
         }
     }
 
+    /// Bytes held: the buffer plus a chunked body decoded so far.
+    fn held_len(&self) -> usize {
+        let decoded = match &self.state {
+            State::Body {
+                framing: Framing::Chunked(decoder),
+                ..
+            } => decoder.body.len(),
+            _ => 0,
+        };
+        self.buf.len() + decoded
+    }
+
     fn is_mid_message(&self) -> bool {
         !self.buf.is_empty() || matches!(self.state, State::Body { .. })
     }
@@ -859,6 +872,10 @@ impl Core {
             }
         }
         let Some(end) = find_head_end(&self.buf, self.scan) else {
+            // Garbage is refused when it starts, not after a head's worth or a timeout.
+            if self.role == Role::Server && !plausible_method_start(&self.buf) {
+                return Err(HttpError::Malformed);
+            }
             if !self.buf.is_empty() && self.buf.len() >= self.limits.max_head_len {
                 return Err(HttpError::HeadTooLarge);
             }
@@ -894,6 +911,22 @@ impl Core {
         }
         Ok(true)
     }
+}
+
+/// Whether `buf`, the start of an incomplete request head, can still become a valid one:
+/// its method (up to the first space, or all of `buf` without one) is made of token
+/// characters (RFC 9110 section 5.6.2, as httparse checks them), so that refusing it early
+/// gives the same answer as refusing the whole head would.
+fn plausible_method_start(buf: &[u8]) -> bool {
+    if buf == b"\r" {
+        // Maybe the start of a blank line before the request, which is skipped.
+        return true;
+    }
+    let method = buf.split(|&b| b == b' ').next().unwrap_or(buf);
+    buf.first() != Some(&b' ')
+        && method
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Index just past the blank line ending a head (`\n\n` or `\n\r\n`), searching from

@@ -109,6 +109,8 @@ struct Conn {
     /// When the request in progress started (or the connection went idle).
     since: Instant,
     timer: Option<Instant>,
+    /// A whole request arrived on it: idle from then on is keep-alive, not a stalled start.
+    served: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -326,6 +328,7 @@ impl Server {
                 keep_alive: true,
                 since: now,
                 timer: None,
+                served: false,
             },
         );
         self.update_conn_timer(id);
@@ -338,7 +341,9 @@ impl Server {
         let Some(c) = self.conns.get_mut(&conn.0) else {
             return;
         };
-        if c.parser.buffered_len() == 0 && c.state == ConnState::Reading {
+        // The first bytes of a request start its clock (a chunked body in progress may have
+        // nothing buffered undecoded, so ask the parser, not its buffer).
+        if !c.parser.is_mid_request() && c.state == ConnState::Reading {
             c.since = now;
         }
         // All connections together may buffer at most `max_request_memory` of requests still
@@ -416,6 +421,7 @@ impl Server {
             match polled {
                 Ok(Some(request)) => {
                     c.keep_alive = request.keep_alive;
+                    c.served = true;
                     self.on_request(now, conn, request);
                 }
                 Ok(None) => {
@@ -491,9 +497,12 @@ impl Server {
                     (Ok(()), true) => {
                         self.respond_bare_keyed(conn, 200, id, rid, s2c.as_ref(), |enc| enc.close())
                     }
-                    (Err(_), true) => self.respond_bare(conn, 410, id, rid, |enc| {
-                        enc.abort(AbortCode::UNKNOWN_SESSION, "session ended")
-                    }),
+                    (Err(_), true) => {
+                        self.respond_bare(conn, 410, id, rid, |enc| {
+                            enc.abort(AbortCode::UNKNOWN_SESSION, "session ended")
+                        });
+                        self.note_refusal(conn, 410, "session ended abnormally");
+                    }
                 }
                 return;
             }
@@ -921,8 +930,10 @@ impl Server {
                     }
                     c.timer = None;
                     if c.state == ConnState::Reading {
-                        if c.parser.buffered_len() > 0 {
+                        if c.parser.is_mid_request() {
                             self.refuse(ConnId(cid), 408, "request too slow", true);
+                        } else if !c.served {
+                            self.refuse(ConnId(cid), 408, "no request on a new connection", true);
                         } else {
                             self.drop_conn(cid);
                             self.closes.push_back(ConnId(cid));
@@ -1000,7 +1011,9 @@ impl Server {
             return;
         };
         let deadline = match c.state {
-            ConnState::Reading if c.parser.buffered_len() > 0 => {
+            // A new connection must start its first request as promptly as it must finish one:
+            // otherwise silent connections could pin a slot each for the keep-alive timeout.
+            ConnState::Reading if c.parser.is_mid_request() || !c.served => {
                 Some(c.since + self.config.request_timeout)
             }
             ConnState::Reading => Some(c.since + self.config.keep_alive_timeout),

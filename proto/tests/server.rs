@@ -238,6 +238,182 @@ fn slowloris_head_times_out_with_408() {
     assert_eq!(s.connection_count(), 0);
 }
 
+/// A chunked body trickled a chunk at a time (so nothing stays undecoded between chunks)
+/// still times out at the request timeout (regression: the clock restarted on every chunk).
+#[test]
+fn slowloris_chunked_body_times_out_with_408() {
+    let cfg = ServerConfig {
+        request_timeout: Duration::from_secs(5),
+        ..ServerConfig::default()
+    };
+    let mut s = server(cfg);
+    let conn = send(
+        &mut s,
+        at(0),
+        b"POST /abc HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    for ms in (100..4900).step_by(200) {
+        s.handle_bytes(at(ms), conn, b"1\r\nx\r\n");
+    }
+    assert!(responses(&mut s, at(4900)).is_empty());
+    let deadline = s.poll_timeout().unwrap();
+    assert!(deadline <= at(5000), "{deadline:?}");
+    s.handle_timeout(deadline);
+    let r = responses(&mut s, deadline);
+    assert_eq!((r[0].0, r[0].1, r[0].3), (conn, 408, true));
+}
+
+/// A head whose body never starts times out at the request timeout, also on a connection that
+/// was served before (regression: it got the keep-alive timeout).
+#[test]
+fn body_that_never_starts_times_out_with_408() {
+    let cfg = ServerConfig {
+        request_timeout: Duration::from_secs(5),
+        keep_alive_timeout: Duration::from_secs(120),
+        ..ServerConfig::default()
+    };
+    let mut s = server(cfg);
+    let conn = send(&mut s, at(0), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(responses(&mut s, at(0))[0].1, 200);
+    s.handle_bytes(
+        at(1000),
+        conn,
+        b"POST /abc HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n",
+    );
+    assert_eq!(s.poll_timeout(), Some(at(6000)));
+    s.handle_timeout(at(6000));
+    let r = responses(&mut s, at(6000));
+    assert_eq!((r[0].0, r[0].1, r[0].3), (conn, 408, true));
+}
+
+/// A chunked body counts toward `max_request_memory` as it is decoded (regression: decoded
+/// chunks were not counted, so chunked bodies evaded the limit).
+#[test]
+fn chunked_bodies_count_toward_request_memory() {
+    let cfg = ServerConfig {
+        max_request_memory: 1024 * 1024,
+        ..ServerConfig::default()
+    };
+    let mut s = server(cfg);
+    let conn = send(
+        &mut s,
+        at(0),
+        b"POST /abc HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    let mut chunk = b"4000\r\n".to_vec();
+    chunk.extend_from_slice(&[b'x'; 0x4000]);
+    chunk.extend_from_slice(b"\r\n");
+    for _ in 0..32 {
+        s.handle_bytes(at(1), conn, &chunk);
+    }
+    assert!(s.request_memory() >= 32 * 0x4000, "{}", s.request_memory());
+    for _ in 0..64 {
+        s.handle_bytes(at(1), conn, &chunk);
+    }
+    let r = responses(&mut s, at(1));
+    assert_eq!((r[0].0, r[0].1, r[0].3), (conn, 503, true));
+    assert_eq!(
+        s.request_memory(),
+        0,
+        "the refused connection's memory is released"
+    );
+}
+
+/// Bytes that cannot start a request are refused with 400 at once, without waiting for a
+/// whole head or the request timeout.
+#[test]
+fn garbage_start_is_refused_at_once() {
+    for garbage in [
+        &b"\x16\x03\x01\x02\x00"[..],
+        b"\x00\x00",
+        b"GET\x01",
+        b" GET / HTTP/1.1",
+    ] {
+        let mut s = server(ServerConfig::default());
+        let conn = send(&mut s, at(0), garbage);
+        let r = responses(&mut s, at(0));
+        assert_eq!((r[0].0, r[0].1, r[0].3), (conn, 400, true), "{garbage:?}");
+    }
+    // A method arriving a byte at a time is not garbage.
+    let mut s = server(ServerConfig::default());
+    let conn = send(&mut s, at(0), b"PO");
+    s.handle_bytes(at(1), conn, b"ST /x HTTP/1.1\r\n");
+    assert!(responses(&mut s, at(1)).is_empty());
+    assert_eq!(s.connection_count(), 1);
+}
+
+/// A request for a session that ended abnormally gets 410 and is reported for the log like
+/// every other refusal (regression: 410 was neither logged nor counted).
+#[test]
+fn request_for_an_aborted_session_gets_410_and_is_logged() {
+    let mut s = server(ServerConfig::default());
+    let mut c = client(9);
+    let sid = c.session_id();
+    let open = next_request(&mut c, at(0));
+    send(&mut s, at(0), &open);
+    assert_eq!(responses(&mut s, at(0))[0].1, 200);
+    s.abort(at(1), sid, AbortCode::APPLICATION, "bye");
+    let _ = responses(&mut s, at(1));
+    assert_eq!(s.session_count(), 0, "the aborted session lingers");
+    while s.poll_refusal().is_some() {}
+    let refused_before = s.stats().requests_refused;
+    let conn = send(&mut s, at(2), &open);
+    let r = responses(&mut s, at(2));
+    assert_eq!((r[0].0, r[0].1), (conn, 410));
+    assert_eq!(abort_code(&r[0].2), Some(AbortCode::UNKNOWN_SESSION));
+    let refusal = s.poll_refusal().expect("the 410 is reported for the log");
+    assert_eq!((refusal.conn, refusal.status), (conn, 410));
+    assert_eq!(s.stats().requests_refused, refused_before + 1);
+}
+
+/// Silent new connections (half-open, or never used) are answered 408, logged, and closed at
+/// the request timeout, not kept for the much longer keep-alive timeout.
+#[test]
+fn silent_new_connection_times_out_with_408() {
+    let cfg = ServerConfig {
+        request_timeout: Duration::from_secs(5),
+        keep_alive_timeout: Duration::from_secs(120),
+        ..ServerConfig::default()
+    };
+    let mut s = server(cfg);
+    let silent = s.handle_accept(at(0)).unwrap();
+    let deadline = s.poll_timeout().unwrap();
+    assert_eq!(deadline, at(5000));
+    s.handle_timeout(deadline);
+    let r = responses(&mut s, deadline);
+    assert_eq!((r[0].0, r[0].1, r[0].3), (silent, 408, true));
+    let refusal = s
+        .poll_refusal()
+        .expect("the refusal is reported for the log");
+    assert_eq!((refusal.conn, refusal.status), (silent, 408));
+    assert_eq!(s.connection_count(), 0);
+}
+
+/// A connection that was served stays open while idle for the keep-alive timeout.
+#[test]
+fn served_connection_idles_for_the_keep_alive_timeout() {
+    let cfg = ServerConfig {
+        request_timeout: Duration::from_secs(5),
+        keep_alive_timeout: Duration::from_secs(120),
+        ..ServerConfig::default()
+    };
+    let mut s = server(cfg);
+    let conn = send(&mut s, at(0), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = responses(&mut s, at(0));
+    assert_eq!((r[0].0, r[0].1), (conn, 200));
+    s.handle_timeout(at(60_000));
+    assert!(responses(&mut s, at(60_000)).is_empty());
+    assert_eq!(s.connection_count(), 1);
+    assert_eq!(s.poll_timeout(), Some(at(120_000)));
+    s.handle_timeout(at(120_000));
+    assert!(
+        responses(&mut s, at(120_000)).is_empty(),
+        "closed without an answer"
+    );
+    assert_eq!(s.poll_close(), Some(conn));
+    assert_eq!(s.connection_count(), 0);
+}
+
 #[test]
 fn held_request_is_answered_at_max_wait() {
     let cfg = ServerConfig {

@@ -130,6 +130,16 @@ pub struct ServerArgs {
     /// Seconds without a request before a session fails.
     #[arg(long, value_name = "SECS", default_value_t = 60.0)]
     pub idle_timeout: f64,
+    /// Seconds a connection may take to deliver a whole request (and a new connection to
+    /// start its first one); slower ones get 408 and are closed.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub request_timeout: f64,
+    /// Seconds an idle keep-alive connection is kept open.
+    #[arg(long, value_name = "SECS", default_value_t = 120.0)]
+    pub keep_alive_timeout: f64,
+    /// Most HTTP connections at once; further connections are closed at once.
+    #[arg(long, default_value_t = 40_000)]
+    pub max_connections: usize,
     /// Seconds to let sessions finish on SIGINT/SIGTERM before aborting them.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     pub grace: f64,

@@ -22,6 +22,10 @@ pub fn run(args: ServerArgs) -> Result<(), (u8, String)> {
     let max_wait = seconds("--max-wait", args.max_wait).map_err(config_error)?;
     let idle_timeout = seconds("--idle-timeout", args.idle_timeout).map_err(config_error)?;
     let grace = seconds("--grace", args.grace).map_err(config_error)?;
+    let request_timeout =
+        seconds("--request-timeout", args.request_timeout).map_err(config_error)?;
+    let keep_alive_timeout =
+        seconds("--keep-alive-timeout", args.keep_alive_timeout).map_err(config_error)?;
     if idle_timeout <= max_wait {
         return Err(config_error("--idle-timeout must exceed --max-wait".into()));
     }
@@ -54,6 +58,9 @@ pub fn run(args: ServerArgs) -> Result<(), (u8, String)> {
         max_hold: args.hold.max(1),
         max_wait,
         idle_timeout,
+        request_timeout,
+        keep_alive_timeout,
+        max_connections: args.max_connections.max(1),
         ..ServerConfig::default()
     };
     config.session.send_buffer = args.max_buffer;
