@@ -423,6 +423,25 @@ fn pump(mut from: TcpStream, mut to: TcpStream, log: Option<ConnLog>, stop: &Ato
 fn http_message_len(data: &[u8]) -> Option<(usize, usize)> {
     let head_len = data.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let head = String::from_utf8_lossy(&data[..head_len]);
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        // A pre-opened request: its body is chunks, up to the last (empty) one.
+        let mut at = head_len;
+        loop {
+            let line_end = data[at..].windows(2).position(|w| w == b"\r\n")? + at;
+            let size_text = String::from_utf8_lossy(&data[at..line_end]);
+            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+            at = line_end + 2 + size + 2;
+            if data.len() < at {
+                return None;
+            }
+            if size == 0 {
+                return Some((at, head_len));
+            }
+        }
+    }
     let body_len = head
         .lines()
         .filter_map(|l| l.split_once(':'))
