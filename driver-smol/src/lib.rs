@@ -87,6 +87,7 @@ mod client;
 mod conn;
 mod direct;
 mod driver;
+pub mod relay;
 mod server;
 
 use std::future::poll_fn;

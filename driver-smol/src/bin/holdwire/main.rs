@@ -12,7 +12,6 @@
 
 mod demo;
 mod forward;
-mod relay;
 mod serve;
 mod token;
 
