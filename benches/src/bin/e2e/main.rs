@@ -255,6 +255,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    tunnel::stop_children_on_signals();
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     let env = match Env::new(&opts.rows) {
         Ok(env) => env,

@@ -112,6 +112,36 @@ pub enum Proxy {
     Squid,
 }
 
+/// PIDs of the children alive now, and the temporary directory: what the signal handler
+/// cleans up.
+static LIVE: Mutex<(Vec<u32>, Option<PathBuf>)> = Mutex::new((Vec::new(), None));
+
+/// On SIGINT or SIGTERM: kills every child started (by PID), removes the temporary files and
+/// exits with 130.
+pub fn stop_children_on_signals() {
+    use async_signal::{Signal, Signals};
+    use smol::stream::StreamExt as _;
+    let Ok(mut signals) = Signals::new([Signal::Int, Signal::Term]) else {
+        return;
+    };
+    thread::spawn(move || {
+        if smol::block_on(signals.next()).is_some() {
+            let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+            for &pid in &live.0 {
+                if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+            if let Some(dir) = &live.1 {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            remove_squid_shm();
+            eprintln!("e2e: interrupted; stopped {} child processes", live.0.len());
+            std::process::exit(130);
+        }
+    });
+}
+
 /// A child process stopped (SIGKILL, by its PID) and reaped when dropped.
 pub struct ChildGuard {
     child: Child,
@@ -125,7 +155,10 @@ impl ChildGuard {
         let out = std::fs::File::create(&log).map_err(|e| format!("log file: {e}"))?;
         let err = out.try_clone().map_err(|e| format!("log file: {e}"))?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
         let child = cmd.spawn().map_err(|e| format!("start {name}: {e}"))?;
+        live.0.push(child.id());
+        drop(live);
         Ok(ChildGuard {
             child,
             name: name.into(),
@@ -171,7 +204,10 @@ impl ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
+        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
         let _ = self.child.kill();
+        live.0.retain(|&pid| pid != self.child.id());
+        drop(live);
         let _ = self.child.wait();
     }
 }
@@ -246,6 +282,7 @@ impl Env {
             .map_err(|e| format!("temporary directory: {e}"))?;
         // Proxies drop privileges (squid to `proxy`, tinyproxy to `nobody`).
         set_mode(dir.path(), 0o777);
+        LIVE.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(dir.path().to_path_buf());
         let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
         let holdwire = if rows.iter().any(|r| r.is_holdwire() && *r != Row::Std) {
             holdwire_cli(&exe)
