@@ -14,6 +14,7 @@ mod report;
 mod tunnel;
 
 use std::process::ExitCode;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use load::{Far, FarEnd, Outcome};
@@ -196,7 +197,19 @@ fn measure(env: &Env, opts: &Options, run: u32, row: Row, test: Test) -> Measure
         Test::Loss(p) => Some(f64::from(p) / 100.0),
         _ => None,
     };
-    let tunnel = match Tunnel::start(env, row, far.addr, loss) {
+    // Ports are picked free then bound by the child: another program may take one in
+    // between, so setup is tried up to three times.
+    let mut tunnel = Tunnel::start(env, row, far.addr, loss);
+    for _ in 0..2 {
+        match &tunnel {
+            Err(e) => {
+                eprintln!("e2e: {} setup failed, retrying: {e}", row.key());
+                tunnel = Tunnel::start(env, row, far.addr, loss);
+            }
+            Ok(_) => break,
+        }
+    }
+    let tunnel = match tunnel {
         Ok(t) => t,
         Err(e) => {
             m.result = Err(format!("setup: {e}"));
@@ -231,6 +244,14 @@ fn measure(env: &Env, opts: &Options, run: u32, row: Row, test: Test) -> Measure
             s.dropped.load(std::sync::atomic::Ordering::Relaxed),
         ));
     }
+    // A failing holdwire row says what its endpoints logged.
+    let result = match result {
+        Err(e) if row.is_holdwire() => {
+            thread::sleep(Duration::from_millis(200));
+            Err(format!("{e} [endpoint logs: {}]", tunnel.log_tails()))
+        }
+        r => r,
+    };
     drop(tunnel);
     drop(far);
     m.result = result;

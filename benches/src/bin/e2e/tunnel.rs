@@ -177,12 +177,16 @@ impl ChildGuard {
         tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
     }
 
-    /// Waits until the process listens on `port` (seen in /proc/net/tcp, without connecting:
-    /// httptunnel's client serves a single connection).
+    /// Waits until this process listens on `port`: seen in /proc/net/tcp and among the
+    /// process's own file descriptors (so another program that took the port does not count),
+    /// without connecting (httptunnel's client serves a single connection).
     fn wait_listening(&mut self, port: u16, limit: Duration) -> Result<(), String> {
         let start = Instant::now();
         while start.elapsed() < limit {
-            if listening(port) {
+            if listening(port)
+                .into_iter()
+                .any(|inode| owns_socket(self.pid(), inode))
+            {
                 return Ok(());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -217,18 +221,34 @@ fn next_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Whether some socket listens on TCP `port` (IPv4 loopback or any address).
-fn listening(port: u16) -> bool {
+/// Inodes of the sockets listening on TCP `port` (IPv4 loopback or any address).
+fn listening(port: u16) -> Vec<u64> {
     let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
-        return false;
+        return Vec::new();
     };
     let wanted = [
         format!("0100007F:{port:04X}"),
         format!("00000000:{port:04X}"),
     ];
-    table.lines().skip(1).any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.len() > 3 && fields[3] == "0A" && wanted.iter().any(|w| w == fields[1])
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let listens = fields.len() > 9 && fields[3] == "0A";
+            (listens && wanted.iter().any(|w| w == fields[1]))
+                .then(|| fields[9].parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// Whether process `pid` has socket `inode` open.
+fn owns_socket(pid: u32, inode: u64) -> bool {
+    let wanted = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str()))
     })
 }
 
@@ -478,7 +498,6 @@ impl Tunnel {
         }
         let proxy = env.proxy_addr(row)?;
         let server_port = free_port()?;
-        let client_port = free_port()?;
         let server_addr = SocketAddr::from(([127, 0, 0, 1], server_port));
         let mut children = Vec::new();
         // The server endpoint.
@@ -521,6 +540,7 @@ impl Tunnel {
         };
         let via = relay.as_ref().map_or(server_addr, |r| r.addr());
         let url = format!("http://{via}/");
+        let client_port = free_port()?;
         // The client endpoint.
         let mut client = match row {
             Row::Std => {
@@ -569,6 +589,15 @@ impl Tunnel {
             children,
             relay,
         })
+    }
+
+    /// The last lines each endpoint logged, for failure reports.
+    pub fn log_tails(&self) -> String {
+        self.children
+            .iter()
+            .map(|c| format!("{}: {}", c.name, c.log_tail()))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// PIDs of the tunnel's processes.
