@@ -1,5 +1,6 @@
 //! Benchmarks for holdwire: criterion micro-benchmarks (`cargo bench -p holdwire-benches`) and
-//! helpers they share.
+//! helpers they share. The end-to-end side-by-side benchmark is the `e2e` binary
+//! (`src/bin/e2e`, see docs/BENCHMARKS.md).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -94,6 +94,7 @@ mod client;
 mod conn;
 mod direct;
 mod driver;
+pub mod relay;
 mod server;
 pub mod tls;
 

@@ -5,10 +5,11 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use holdwire_smol::proto::Token;
+use holdwire_smol::relay::Relay;
 use holdwire_smol::{connect, ClientOptions, Listener, ServerConfig, Stream};
 use smol::net::TcpListener;
 
-use crate::{relay, serve, DemoArgs, EXIT_CONFIG, EXIT_INTEGRITY};
+use crate::{serve, DemoArgs, EXIT_CONFIG, EXIT_INTEGRITY};
 
 pub fn run(args: DemoArgs) -> Result<(), (u8, String)> {
     if !(0.0..=50.0).contains(&args.loss) {
@@ -73,12 +74,12 @@ async fn demo(args: DemoArgs) -> Result<Result<(), (u8, String)>, String> {
     .detach();
 
     // The path between client and server.
-    let (url, relay_stats) = if args.loss > 0.0 {
+    let (url, relay) = if args.loss > 0.0 {
         let seed = Instant::now().elapsed().as_nanos() as u64 ^ 0x5EED;
-        let (addr, stats) = relay::start(server_addr, args.loss / 100.0, seed)
+        let relay = Relay::start(server_addr, args.loss / 100.0, seed)
             .await
             .map_err(err("lossy relay"))?;
-        (format!("http://{addr}/"), Some(stats))
+        (format!("http://{}/", relay.addr()), Some(relay))
     } else {
         (format!("http://{server_addr}/"), None)
     };
@@ -175,7 +176,8 @@ async fn demo(args: DemoArgs) -> Result<Result<(), (u8, String)>, String> {
         "      {} requests, {} failed, {} messages resent",
         stats.exchanges, stats.failed_exchanges, stats.messages_resent
     );
-    if let Some(relay) = relay_stats {
+    if let Some(relay) = &relay {
+        let relay = relay.stats();
         println!(
             "relay: {} HTTP messages forwarded, {} dropped",
             relay.forwarded.load(std::sync::atomic::Ordering::Relaxed),

@@ -15,7 +15,6 @@
 
 mod demo;
 mod forward;
-mod relay;
 mod serve;
 mod token;
 
