@@ -7,8 +7,8 @@
 # Rows added (each process started fresh per test by wan-bench.sh, stopped by PID):
 #   holdwire            the CLI, client in the client namespace -> server, direct over HTTP
 #   holdwire+tinyproxy  the same through the lab's tinyproxy (which closes after every request)
-#   holdwire-std        the holdwire-std library API (the e2e binary's forwarder), direct
-#   (and holdwire-std+tinyproxy)
+#   holdwire-std        the holdwire-std library API (the e2e binary's forwarders), direct
+#   holdwire-std+tinyproxy  the same through tinyproxy
 # Settings are wan-bench.sh's (PROFILES, ROWS, RUNS, TESTS, BULK_BYTES, ...), see its header.
 #
 # --smoke: an integrity check for CI: one profile (wan20), small transfers, one run; exits
@@ -30,10 +30,8 @@ skip_or_fail() {
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 (cd "$ROOT" && cargo build -q --release -p holdwire-smol --bin holdwire)
 HW=$TARGET_DIR/release/holdwire
-E2E=""
-if (cd "$ROOT" && cargo build -q --release -p holdwire-benches --bin e2e 2>/dev/null); then
-  E2E=$TARGET_DIR/release/e2e
-fi
+(cd "$ROOT" && cargo build -q --release -p holdwire-benches --bin e2e)
+E2E=$TARGET_DIR/release/e2e
 
 row() {   # row PREFIX NAME VIA SERVER_CMD CLIENT_CMD SERVER_PORT PORT
   export "$1_NAME=$2" "$1_VIA=$3" "$1_SERVER_CMD=$4" "$1_CLIENT_CMD=$5" "$1_SERVER_PORT=$6" "$1_PORT=$7"
@@ -45,14 +43,14 @@ row EXTRA holdwire none "$HW server -q $(printf -- "$SRV" 19540)" "$HW client -q
 # shellcheck disable=SC2059
 row EXTRA2 holdwire+tinyproxy tinyproxy "$HW server -q $(printf -- "$SRV" 19542)" \
   "$HW client -q $(printf -- "$CLI" 19542) --proxy http://\$BENCH_PROXY" 19542 19543
-if [ -n "$E2E" ] && "$E2E" --help 2>&1 | grep -q forward-std; then
-  # shellcheck disable=SC2059
-  row EXTRA3 holdwire-std none "$E2E forward-std-server $(printf -- "$SRV" 19544)" \
-    "$E2E forward-std-client $(printf -- "$CLI" 19544)" 19544 19545
-  # shellcheck disable=SC2059
-  row EXTRA4 holdwire-std+tinyproxy tinyproxy "$E2E forward-std-server $(printf -- "$SRV" 19546)" \
-    "$E2E forward-std-client $(printf -- "$CLI" 19546) --proxy http://\$BENCH_PROXY" 19546 19547
-fi
+{
+  # The e2e binary's hidden forwarders on holdwire-std's library API: __std-server LISTEN
+  # TARGET, __std-client LISTEN URL [PROXY].
+  row EXTRA3 holdwire-std none "$E2E __std-server \$BENCH_SERVER_HOST:19544 \$BENCH_TARGET" \
+    "$E2E __std-client 127.0.0.1:\$BENCH_PORT http://\$BENCH_SERVER_HOST:19544/" 19544 19545
+  row EXTRA4 holdwire-std+tinyproxy tinyproxy "$E2E __std-server \$BENCH_SERVER_HOST:19546 \$BENCH_TARGET" \
+    "$E2E __std-client 127.0.0.1:\$BENCH_PORT http://\$BENCH_SERVER_HOST:19546/ http://\$BENCH_PROXY" 19546 19547
+}
 
 if [ "$SMOKE" = 1 ]; then
   export PROFILES=${PROFILES:-wan20} ROWS=${ROWS:-raw} RUNS=${RUNS:-1} FIDELITY=${FIDELITY:-0}
