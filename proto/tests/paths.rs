@@ -4,21 +4,31 @@
 
 use std::time::Duration;
 
-use holdwire_proto::sim::{check_stream, payload, Sim, SimConfig, Workload};
+use holdwire_proto::sim::{check_stream, payload, Faults, Sim, SimConfig, Workload};
 use holdwire_proto::{ClientConfig, ServerConfig};
 
 struct Run {
     seconds: f64,
     ideal: f64,
     resent: u64,
+    /// Application bytes the client sent more than once.
+    bytes_resent_up: u64,
+    /// Exchanges the client saw fail.
+    failed: u64,
 }
 
 fn bulk(rtt_ms: u64, mbit: u64, up: usize, down: usize) -> Run {
+    bulk_with(rtt_ms, mbit, up, down, Faults::default(), 1)
+}
+
+fn bulk_with(rtt_ms: u64, mbit: u64, up: usize, down: usize, faults: Faults, seed: u64) -> Run {
     let rate = mbit * 1_000_000 / 8;
     let mut sim = Sim::new(
         SimConfig {
+            seed,
             latency: Duration::from_millis(rtt_ms / 2),
             rate,
+            faults,
             ..SimConfig::default()
         },
         ClientConfig::default(),
@@ -40,6 +50,8 @@ fn bulk(rtt_ms: u64, mbit: u64, up: usize, down: usize) -> Run {
         // Serialisation of the larger direction plus one round trip to open.
         ideal: up.max(down) as f64 / rate as f64 + rtt_ms as f64 / 1000.0,
         resent: c.core.stats().messages_resent,
+        bytes_resent_up: c.core.stats().bytes_sent - up as u64,
+        failed: c.core.stats().failed_exchanges,
     }
 }
 
@@ -68,6 +80,35 @@ fn wan20_one_way_within_10_percent_of_ideal() {
 #[test]
 fn wan80_both_ways_at_once() {
     assert_within(bulk(80, 50, 16 << 20, 16 << 20), 1.15, "wan80 both ways");
+}
+
+#[test]
+fn wan80_with_lost_exchanges_resends_only_what_was_lost() {
+    // 3 % of requests and 3 % of responses vanish (their connections close). Every byte must
+    // still arrive, the transfer must not stall on a loss, and the client may resend at most
+    // the data of the exchanges that failed (one bundle each), never the whole window.
+    let faults = Faults {
+        drop_request: 0.03,
+        drop_response: 0.03,
+        ..Faults::default()
+    };
+    let max_bundle = ClientConfig::default().session.max_bundle_len as u64;
+    for seed in 1..=8 {
+        let run = bulk_with(80, 50, 16 << 20, 16 << 20, faults.clone(), seed);
+        let ratio = run.seconds / run.ideal;
+        println!(
+            "wan80, 3 % of exchanges lost, seed {seed}: {:.3} s, ideal {:.3} s, ratio {ratio:.3}, \
+             {} failed exchanges, {} bytes resent up",
+            run.seconds, run.ideal, run.failed, run.bytes_resent_up
+        );
+        assert!(ratio <= 1.4, "seed {seed}: ratio {ratio:.3} above 1.4");
+        assert!(
+            run.bytes_resent_up <= run.failed * max_bundle,
+            "seed {seed}: {} bytes resent for {} failed exchanges",
+            run.bytes_resent_up,
+            run.failed
+        );
+    }
 }
 
 #[test]
