@@ -62,6 +62,41 @@ pub fn server_transmit(bytes: &[u8]) -> (u16, Option<Bundle>) {
     (r.status, Some(bundle))
 }
 
+/// Checks one client transmit on a connection slot whose earlier, unfinished transmit (a
+/// pre-opened request's head, see `ClientConfig::preopen`) is in `pending`: together they
+/// must be exactly one POST request to `session` carrying a decodable request bundle of that
+/// session, which is returned. A transmit that is only a deferred head (chunked, no body yet)
+/// is kept in `pending` and gives `None`.
+pub fn client_transmit_on_slot(
+    pending: &mut Vec<u8>,
+    bytes: &[u8],
+    session: SessionId,
+) -> Option<Bundle> {
+    if pending.is_empty() && is_deferred_head(bytes) {
+        pending.extend_from_slice(bytes);
+        return None;
+    }
+    assert!(
+        pending.is_empty() || !is_deferred_head(bytes),
+        "client pre-opened a request on a slot whose pre-opened request is unfinished"
+    );
+    let mut whole = std::mem::take(pending);
+    whole.extend_from_slice(bytes);
+    Some(client_transmit(&whole, session))
+}
+
+/// Whether `bytes` is a request head announcing a chunked body, with nothing after it.
+fn is_deferred_head(bytes: &[u8]) -> bool {
+    let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    end + 4 == bytes.len()
+        && bytes[..end]
+            .to_ascii_lowercase()
+            .windows(26)
+            .any(|w| w == b"transfer-encoding: chunked")
+}
+
 /// Checks one client transmit: exactly one POST request to `session`, carrying a decodable
 /// request bundle of that session. Returns the bundle.
 pub fn client_transmit(bytes: &[u8], session: SessionId) -> Bundle {
@@ -75,7 +110,7 @@ pub fn client_transmit(bytes: &[u8], session: SessionId) -> Bundle {
     let r = p
         .poll()
         .unwrap_or_else(|e| panic!("client wrote an unparsable request ({e})"))
-        .expect("client wrote an incomplete request");
+        .unwrap_or_else(|| panic!("client wrote an incomplete request: {:?}", show(bytes)));
     assert_eq!(
         p.buffered_len(),
         0,

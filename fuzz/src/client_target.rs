@@ -123,6 +123,8 @@ pub struct Harness {
     conn_open: Vec<bool>,
     /// Per slot: the request id of the latest request written on it.
     slot_rid: Vec<u64>,
+    /// Per slot: a pre-opened request's head, waiting for its body.
+    pending: Vec<Vec<u8>>,
     /// One past the highest sequence number the client has sent.
     next_seq: u64,
     last_rid: u64,
@@ -155,6 +157,7 @@ impl Harness {
             recv_cap,
             conn_open: vec![false; max_in_flight],
             slot_rid: vec![0; max_in_flight],
+            pending: vec![Vec::new(); max_in_flight],
             next_seq: 0,
             last_rid: 0,
             end: None,
@@ -183,8 +186,17 @@ impl Harness {
                     t.open || self.conn_open[slot],
                     "request on slot {slot} without `open`, but its connection is closed"
                 );
+                if t.open {
+                    // A new connection: whatever was pre-opened on the old one is gone.
+                    self.pending[slot].clear();
+                }
                 self.conn_open[slot] = true;
-                let bundle = check::client_transmit(&self.buf, SESSION);
+                let Some(bundle) =
+                    check::client_transmit_on_slot(&mut self.pending[slot], &self.buf, SESSION)
+                else {
+                    self.client.handle_sent(self.now, t.conn);
+                    continue;
+                };
                 let rid = bundle.header().rid;
                 assert!(
                     rid > self.last_rid,
@@ -204,6 +216,12 @@ impl Harness {
                     .and_then(|s| self.conn_open.get_mut(s))
                 {
                     *open = false;
+                }
+                if let Some(p) = usize::try_from(c.0)
+                    .ok()
+                    .and_then(|s| self.pending.get_mut(s))
+                {
+                    p.clear();
                 }
             }
             while let Some(ev) = self.client.poll_event() {
@@ -289,6 +307,7 @@ impl Harness {
             Op::Close { slot } => {
                 let slot = self.slot(*slot);
                 self.conn_open[slot] = false;
+                self.pending[slot].clear();
                 self.client.handle_closed(now, ConnId(slot as u64));
             }
             Op::Advance { ms } => self.now = now + Duration::from_millis(u64::from(*ms)),

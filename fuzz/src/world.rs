@@ -176,6 +176,8 @@ struct Link {
     down: VecDeque<Vec<u8>>,
     /// The server closed after the bytes in `down`.
     down_closed: bool,
+    /// A pre-opened request's head sent on this link, waiting for its body.
+    pending: Vec<u8>,
 }
 
 /// The whole scene.
@@ -626,28 +628,7 @@ impl World {
             moved = true;
             assert_eq!(t.len, self.buf.len(), "transmit length");
             assert!(t.conn.0 < max_in_flight, "slot {:?} out of range", t.conn);
-            let bundle = check::client_transmit(&self.buf, self.peers[i].id);
-            let rid = bundle.header().rid;
-            assert!(
-                rid > self.peers[i].last_rid,
-                "request id {rid} after {}",
-                self.peers[i].last_rid
-            );
-            self.peers[i].last_rid = rid;
-            if self.recorded.len() == 32 {
-                self.recorded.pop_front();
-            }
-            self.recorded.push_back(self.buf.clone());
-            if let Some(trace) = &mut self.trace {
-                trace.push((true, self.buf.clone()));
-            }
             let slot = t.conn.0;
-            trace!(
-                "{:?} client {} slot {slot} open={} rid {rid}",
-                self.now,
-                self.peers[i].id,
-                t.open
-            );
             let l = match (t.open, self.peers[i].slot_link.get(&slot).copied()) {
                 (false, Some(l)) => l,
                 (false, None) => {
@@ -669,15 +650,44 @@ impl World {
                             up: VecDeque::new(),
                             down: VecDeque::new(),
                             down_closed: false,
+                            pending: Vec::new(),
                         },
                     );
                     self.peers[i].slot_link.insert(slot, l);
                     l
                 }
             };
-            if let Some(link) = self.links.get_mut(&l) {
-                link.up.push_back(self.buf.clone());
+            let Some(link) = self.links.get_mut(&l) else {
+                continue;
+            };
+            link.up.push_back(self.buf.clone());
+            if let Some(trace) = &mut self.trace {
+                trace.push((true, self.buf.clone()));
             }
+            let whole = [&link.pending[..], &self.buf[..]].concat();
+            let Some(bundle) =
+                check::client_transmit_on_slot(&mut link.pending, &self.buf, self.peers[i].id)
+            else {
+                // A pre-opened request's head: its body follows on this link.
+                continue;
+            };
+            let rid = bundle.header().rid;
+            assert!(
+                rid > self.peers[i].last_rid,
+                "request id {rid} after {}",
+                self.peers[i].last_rid
+            );
+            self.peers[i].last_rid = rid;
+            if self.recorded.len() == 32 {
+                self.recorded.pop_front();
+            }
+            self.recorded.push_back(whole);
+            trace!(
+                "{:?} client {} slot {slot} open={} rid {rid}",
+                self.now,
+                self.peers[i].id,
+                t.open
+            );
         }
         while let Some(conn) = self.peers[i].client.poll_close() {
             moved = true;

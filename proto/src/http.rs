@@ -871,11 +871,12 @@ impl Core {
                 return Err(HttpError::HeadTooLarge);
             }
         }
+        // Garbage is refused when it starts, not after a head's worth or a timeout; checked
+        // first, so that the verdict does not depend on how much of it has arrived.
+        if self.role == Role::Server && !plausible_method_start(&self.buf) {
+            return Err(HttpError::Malformed);
+        }
         let Some(end) = find_head_end(&self.buf, self.scan) else {
-            // Garbage is refused when it starts, not after a head's worth or a timeout.
-            if self.role == Role::Server && !plausible_method_start(&self.buf) {
-                return Err(HttpError::Malformed);
-            }
             if !self.buf.is_empty() && self.buf.len() >= self.limits.max_head_len {
                 return Err(HttpError::HeadTooLarge);
             }

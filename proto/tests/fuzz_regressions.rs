@@ -422,3 +422,39 @@ fn request_acking(rid: u64, ack: u64, frames: impl FnOnce(&mut BundleEncoder<'_>
     out.extend_from_slice(&body);
     out
 }
+
+/// http_request: a request followed by garbage that holds a blank line more than a head's
+/// length later was refused as `HeadTooLarge` when it arrived whole and as `Malformed` when
+/// it arrived in pieces. The verdict must not depend on the split: garbage is `Malformed`.
+#[test]
+fn garbage_after_a_request_gets_the_same_verdict_whole_or_split() {
+    let limits = HttpLimits {
+        max_head_len: 256,
+        ..HttpLimits::default()
+    };
+    let mut input = b"POST /x HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
+    input.extend_from_slice(b"hw\x01\xca");
+    input.extend_from_slice(&[0xf8; 400]);
+    input.extend_from_slice(b"\r\n\r\n");
+    let verdict = |pieces: &[&[u8]]| {
+        let mut p = RequestParser::new(limits.clone());
+        let mut requests = 0;
+        for piece in pieces {
+            if let Err(e) = p.push(piece) {
+                return (requests, e);
+            }
+            loop {
+                match p.poll() {
+                    Ok(Some(_)) => requests += 1,
+                    Ok(None) => break,
+                    Err(e) => return (requests, e),
+                }
+            }
+        }
+        panic!("the garbage was accepted");
+    };
+    let whole = verdict(&[&input]);
+    let split = verdict(&[&input[..10], &input[10..60], &input[60..200], &input[200..]]);
+    assert_eq!(whole, (1, http::HttpError::Malformed));
+    assert_eq!(split, whole);
+}
