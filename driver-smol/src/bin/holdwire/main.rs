@@ -76,13 +76,9 @@ enum Command {
 /// The shared token options.
 #[derive(Args, Debug, Clone)]
 pub struct TokenArgs {
-    /// Shared token authenticating every bundle (or set HOLDWIRE_TOKEN).
-    #[arg(
-        long,
-        env = "HOLDWIRE_TOKEN",
-        hide_env_values = true,
-        conflicts_with = "token_file"
-    )]
+    /// Shared token authenticating every bundle. Without --token, --token-file or --no-auth,
+    /// the environment variable HOLDWIRE_TOKEN is used (any of the three overrides it).
+    #[arg(long, conflicts_with = "token_file")]
     pub token: Option<String>,
     /// Read the token from this file (its first line).
     #[arg(long, value_name = "FILE")]
@@ -166,7 +162,7 @@ pub struct ClientArgs {
     #[arg(
         long,
         value_name = "URL",
-        help = "Forward proxy, http://[user:pass@]host:port (default: HTTP_PROXY, honouring NO_PROXY)"
+        help = "Forward proxy, http://[user:pass@]host:port (default: HTTP_PROXY or http_proxy for http:// servers, HTTPS_PROXY or https_proxy for https:// ones, then ALL_PROXY, as curl reads them; NO_PROXY is honoured)"
     )]
     pub proxy: Option<String>,
     /// Try direct TCP to this address first, then fall back to HTTP.

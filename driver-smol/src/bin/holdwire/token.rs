@@ -4,6 +4,9 @@ use holdwire_smol::proto::Token;
 
 use crate::TokenArgs;
 
+/// The environment variable holding the token when no token option is given.
+pub const TOKEN_ENV: &str = "HOLDWIRE_TOKEN";
+
 /// The token, `None` with `--no-auth`, or a configuration error.
 pub fn resolve(args: &TokenArgs) -> Result<Option<Token>, String> {
     if args.no_auth {
@@ -19,6 +22,11 @@ pub fn resolve(args: &TokenArgs) -> Result<Option<Token>, String> {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
             text.lines().next().unwrap_or("").to_string()
+        }
+        // The environment is read here rather than by clap, which would count it as a
+        // `--token` given on the command line and refuse `--token-file` or `--no-auth`.
+        (None, None) if std::env::var_os(TOKEN_ENV).is_some() => {
+            std::env::var(TOKEN_ENV).map_err(|_| format!("{TOKEN_ENV} is not valid UTF-8"))?
         }
         (None, None) => {
             return Err(
