@@ -957,7 +957,15 @@ impl Client {
             }
             Err(_) => {
                 // Not our server's answer: a proxy's error page or refusal.
-                if matches!(response.status, 401 | 403 | 407) && !self.is_ended() {
+                // While opening, a client error other than a timeout or rate limit (e.g. 404
+                // for a wrong path, 405 from a web server that is not holdwire) will not go
+                // away by retrying: report it now rather than time out later.
+                let opening_refused = self.phase == Phase::Opening
+                    && (400..500).contains(&response.status)
+                    && !matches!(response.status, 408 | 429);
+                if (opening_refused || matches!(response.status, 401 | 403 | 407))
+                    && !self.is_ended()
+                {
                     self.finish_exchange(rid);
                     self.end(
                         now,

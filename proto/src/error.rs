@@ -42,8 +42,14 @@ impl fmt::Display for SessionError {
             SessionError::Rejected { status: 403 } => {
                 f.write_str("session rejected by server: 403 forbidden (wrong token?)")
             }
+            SessionError::Rejected { status: 404 } => f.write_str(
+                "session rejected: HTTP 404 not found (is the server URL's path the server's --path?)",
+            ),
+            SessionError::Rejected { status: 407 } => {
+                f.write_str("session rejected by the proxy: 407 proxy authentication required")
+            }
             SessionError::Rejected { status } => {
-                write!(f, "session rejected by server: HTTP {status}")
+                write!(f, "session rejected: HTTP {status}")
             }
             SessionError::Protocol(what) => write!(f, "protocol violation: {what}"),
         }
