@@ -73,17 +73,25 @@ impl ClientOptions {
         Ok(self)
     }
 
-    /// Chooses the proxy as curl does from the environment: `http_proxy`/`HTTP_PROXY` for
-    /// http servers, `https_proxy`/`HTTPS_PROXY` for https servers, and `no_proxy`/`NO_PROXY`.
-    /// `get` reads one variable (e.g. `|k| std::env::var(k).ok()`); lowercase wins.
+    /// Chooses the proxy from the environment, as curl does: `http_proxy`/`HTTP_PROXY` for
+    /// http servers, `https_proxy`/`HTTPS_PROXY` for https servers, `all_proxy`/`ALL_PROXY`
+    /// for either when its own is unset, and `no_proxy`/`NO_PROXY`. Unlike curl, an https
+    /// server with none of those set uses `http_proxy`/`HTTP_PROXY`: behind a firewall that
+    /// only lets the proxy out, a direct connection would fail anyway. `get` reads one variable
+    /// (e.g. `|k| std::env::var(k).ok()`); lowercase wins; empty values count as unset.
     pub fn proxy_from_env(
         mut self,
         get: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, OptionsError> {
-        let var =
-            |lower: &str, upper: &str| get(lower).filter(|v| !v.is_empty()).or_else(|| get(upper));
-        let http = var("http_proxy", "HTTP_PROXY");
-        let https = var("https_proxy", "HTTPS_PROXY");
+        let var = |lower: &str, upper: &str| {
+            get(lower)
+                .filter(|v| !v.is_empty())
+                .or_else(|| get(upper).filter(|v| !v.is_empty()))
+        };
+        let all = var("all_proxy", "ALL_PROXY");
+        let http_only = var("http_proxy", "HTTP_PROXY");
+        let http = http_only.clone().or_else(|| all.clone());
+        let https = var("https_proxy", "HTTPS_PROXY").or(all).or(http_only);
         let no = var("no_proxy", "NO_PROXY");
         self.proxy = url::proxy_for(
             &self.server,
@@ -163,6 +171,47 @@ mod tests {
         assert!(o.proxy.is_none());
         assert_eq!(o.http_connect_authority(), "db.internal:80");
         assert!(ClientOptions::new("ftp://x").is_err());
+    }
+
+    #[test]
+    fn proxy_from_env_precedence() {
+        let proxy_of = |server: &str, vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            ClientOptions::new(server)
+                .unwrap()
+                .proxy_from_env(|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+                .unwrap()
+                .proxy
+                .map(|p| p.authority())
+        };
+        let all = [
+            ("HTTP_PROXY", "http://h:1"),
+            ("HTTPS_PROXY", "http://s:2"),
+            ("ALL_PROXY", "http://a:3"),
+        ];
+        assert_eq!(proxy_of("http://x/", &all).as_deref(), Some("h:1"));
+        assert_eq!(proxy_of("https://x/", &all).as_deref(), Some("s:2"));
+        // ALL_PROXY fills in for either scheme's own variable.
+        assert_eq!(proxy_of("https://x/", &all[..1]).as_deref(), Some("h:1"));
+        assert_eq!(proxy_of("https://x/", &all[2..]).as_deref(), Some("a:3"));
+        assert_eq!(proxy_of("http://x/", &all[1..]).as_deref(), Some("a:3"));
+        // An http server never uses HTTPS_PROXY; empty values are unset; lowercase wins.
+        assert_eq!(proxy_of("http://x/", &all[1..2]), None);
+        assert_eq!(proxy_of("http://x/", &[("http_proxy", "")]), None);
+        assert_eq!(
+            proxy_of(
+                "http://x/",
+                &[("http_proxy", "http://l:4"), ("HTTP_PROXY", "http://h:1")]
+            )
+            .as_deref(),
+            Some("l:4")
+        );
+        // NO_PROXY applies whatever variable chose the proxy.
+        let no = [("ALL_PROXY", "http://a:3"), ("no_proxy", "x")];
+        assert_eq!(proxy_of("https://x/", &no), None);
     }
 
     /// The first request a session sends, as text.
