@@ -27,9 +27,6 @@ use crate::tls::{ClientTls, TlsConnect};
 /// Requests and socket chunks queued for one client owner before its readers wait.
 const INBOX: usize = 16;
 
-/// Scratch capacity kept between drains; a larger one (after a big request) is released.
-const KEEP_SCRATCH: usize = 64 * 1024;
-
 pub(crate) struct ClientShared {
     state: Mutex<ClientState>,
     kicker: Kicker,
@@ -76,8 +73,7 @@ impl ClientState {
         loop {
             self.buf.clear();
             while let Some(t) = self.core.poll_transmit(now, &mut self.buf) {
-                let bytes = self.buf[..t.len].to_vec();
-                self.buf.clear();
+                let bytes = holdwire_proto::take_transmit(&mut self.buf, t.len);
                 let slot = usize::try_from(t.conn.0).unwrap_or(usize::MAX);
                 if slot >= self.slots.len() {
                     self.slots.resize_with(slot.saturating_add(1), || None);
@@ -101,9 +97,6 @@ impl ClientState {
                         self.slots[slot] = Some((key, conn));
                     }
                 }
-            }
-            if self.buf.capacity() > KEEP_SCRATCH {
-                self.buf = Vec::new();
             }
             while let Some(conn) = self.core.poll_close() {
                 if let Some(slot) = self.slot_mut(conn) {

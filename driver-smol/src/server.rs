@@ -45,9 +45,6 @@ const DIRECT_BACKLOG: usize = 64;
 /// Pause after an accept error (e.g. out of file descriptors) so that it does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-/// Scratch capacity kept between drains; a larger one (after a big response) is released.
-const KEEP_SCRATCH: usize = 64 * 1024;
-
 pub(crate) struct ServerShared {
     state: Mutex<ServerState>,
     kicker: Kicker,
@@ -117,8 +114,7 @@ impl ServerState {
         loop {
             self.buf.clear();
             while let Some(t) = self.core.poll_transmit(now, &mut self.buf) {
-                let bytes = self.buf[..t.len].to_vec();
-                self.buf.clear();
+                let bytes = holdwire_proto::take_transmit(&mut self.buf, t.len);
                 if t.close_after {
                     if let Some((conn, peer)) = self.conns.remove(&t.conn.0) {
                         conn.send(bytes, true);
@@ -130,9 +126,6 @@ impl ServerState {
                 } else if let Some((conn, _)) = self.conns.get(&t.conn.0) {
                     conn.send(bytes, false);
                 }
-            }
-            if self.buf.capacity() > KEEP_SCRATCH {
-                self.buf = Vec::new();
             }
             while let Some(conn) = self.core.poll_close() {
                 if let Some((_, peer)) = self.conns.remove(&conn.0) {

@@ -290,7 +290,7 @@ impl Owner {
             let Some(t) = st.core.poll_transmit(now, &mut self.buf) else {
                 break;
             };
-            let bytes = self.buf[..t.len].to_vec();
+            let bytes = holdwire_proto::take_transmit(&mut self.buf, t.len);
             let slot = t.conn.0;
             if t.open || !self.conns.contains_key(&slot) {
                 if let Some((_, old)) = self.conns.remove(&slot) {

@@ -437,7 +437,10 @@ impl Owner {
                 break;
             };
             if let Some((conn, _)) = self.conns.get(&t.conn.0) {
-                conn.send(self.buf[..t.len].to_vec(), t.close_after);
+                conn.send(
+                    holdwire_proto::take_transmit(&mut self.buf, t.len),
+                    t.close_after,
+                );
             }
             if t.close_after {
                 // The writer shuts the socket down once the response is out.

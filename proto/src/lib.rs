@@ -83,3 +83,15 @@ pub use server::{Entropy, Refusal, Server, ServerEvent, ServerStats, ServerTrans
 pub use stream::Stats;
 pub use time::Instant;
 pub use wire::{AbortCode, SessionId};
+
+/// Takes the `len` bytes that one `poll_transmit` appended to an empty `buf`, without copying
+/// them: the buffer itself is handed over and `buf` is left empty, with room for a transmit of
+/// the same size. If `buf` holds more than `len` bytes, those are copied out instead.
+pub fn take_transmit(buf: &mut alloc::vec::Vec<u8>, len: usize) -> alloc::vec::Vec<u8> {
+    if buf.len() != len {
+        let bytes = buf[buf.len().saturating_sub(len)..].to_vec();
+        buf.clear();
+        return bytes;
+    }
+    core::mem::replace(buf, alloc::vec::Vec::with_capacity(len))
+}
