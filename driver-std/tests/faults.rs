@@ -2,7 +2,7 @@
 //! `holdwire_testkit::FaultRelay` (drops, cuts, delays, stalls, flipped bytes, proxy error pages
 //! and replays, all mixed): 64 MiB each way at once through an echo service, every byte checked
 //! in order; and GNU httptunnel's leak (an aborted busy session's bytes must not reach the next
-//! session); and each fault kind alone.
+//! session); each fault kind alone (64 MiB each way per kind); and a path cut off for good.
 
 mod common;
 
@@ -77,11 +77,10 @@ fn all_faults_mixed_64_mib_each_way() {
     }
 }
 
-/// Each fault kind alone (32 MiB each way per kind, to keep the run short; the mixed run above
-/// and holdwire-smol's per-kind runs move 64 MiB).
+/// Each fault kind alone, 64 MiB each way per kind.
 #[test]
 fn each_fault_kind_alone() {
-    const KIND_LEN: u64 = 32 << 20;
+    const KIND_LEN: u64 = LEN;
     let _heavy = heavy();
     let listener = Listener::bind("127.0.0.1:0", server_config()).unwrap();
     let upstream = listener.local_addr().unwrap();
@@ -112,6 +111,55 @@ fn each_fault_kind_alone() {
             relay.summary()
         );
     }
+}
+
+/// The path is cut off for good in the middle of a transfer (every request is cut from then
+/// on): both ends fail with a timeout instead of hanging or reporting a clean end.
+#[test]
+fn cut_off_mid_transfer_fails_on_both_ends() {
+    let _heavy = heavy();
+    let config = ServerConfig {
+        max_wait: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(6),
+        ..ServerConfig::default()
+    };
+    let listener = Listener::bind("127.0.0.1:0", config).unwrap();
+    let relay = FaultRelay::start(listener.local_addr().unwrap(), Plan::new(9)).expect("relay");
+    let server = thread::spawn(move || -> std::io::Result<u64> {
+        let (stream, _) = listener.accept()?;
+        echo(stream)
+    });
+    let mut options = client_options(&relay);
+    options.protocol.silence_timeout = Duration::from_secs(5);
+    let client = thread::spawn(move || {
+        let stream = Stream::connect(options).map_err(|e| e.to_string())?;
+        bulk_echo(stream, LEN, 0x3333)
+    });
+    let until = Instant::now() + Duration::from_secs(30);
+    while relay.exchanges() < 20 {
+        assert!(Instant::now() < until, "no exchanges: {}", relay.summary());
+        thread::sleep(Duration::from_millis(5));
+    }
+    relay.set_plan(Plan::new(9).with(Fault::CutRequest, 1.0));
+    let cut = Instant::now();
+    let client = bounded(Duration::from_secs(30), move || client.join().unwrap());
+    let client_after = cut.elapsed();
+    let server = bounded(Duration::from_secs(30), move || server.join().unwrap());
+    let server_after = cut.elapsed();
+    eprintln!(
+        "cut off (holdwire-std): client {client:?} after {client_after:?}, server {server:?} \
+         after {server_after:?}; relay: {}",
+        relay.summary()
+    );
+    let client_err = client.expect_err("the client cannot have received everything");
+    assert!(client_err.contains("TimedOut"), "client: {client_err}");
+    let server_err = server.expect_err("the server cannot have received everything");
+    assert_eq!(
+        server_err.kind(),
+        std::io::ErrorKind::TimedOut,
+        "server: {server_err}"
+    );
+    assert!(relay.count(Fault::CutRequest) > 0);
 }
 
 /// GNU httptunnel's leak: a busy session (bytes flowing both ways) is aborted and a new one
