@@ -54,6 +54,8 @@ struct Proc {
     child: Child,
     name: String,
     stderr: Arc<Mutex<String>>,
+    /// The stderr reader reached EOF.
+    stderr_done: Arc<AtomicBool>,
     lines: Receiver<String>,
     stdin: Option<ChildStdin>,
     stdout: Option<ChildStdout>,
@@ -73,6 +75,8 @@ impl Proc {
         let (tx, lines) = mpsc::channel();
         let pipe = child.stderr.take().expect("piped stderr");
         let sink = stderr.clone();
+        let stderr_done = Arc::new(AtomicBool::new(false));
+        let done = stderr_done.clone();
         std::thread::spawn(move || {
             // Ends when the process (and so the pipe) ends.
             for line in BufReader::new(pipe).lines() {
@@ -83,6 +87,7 @@ impl Proc {
                 drop(all);
                 let _ = tx.send(line);
             }
+            done.store(true, Ordering::Release);
         });
         Proc {
             stdin: child.stdin.take(),
@@ -90,6 +95,7 @@ impl Proc {
             child,
             name: name.into(),
             stderr,
+            stderr_done,
             lines,
         }
     }
@@ -128,11 +134,16 @@ impl Proc {
         }
     }
 
-    /// The exit status, if the process ends within `limit`.
+    /// The exit status, if the process ends within `limit`; once it has ended, its whole
+    /// stderr is in [`Proc::stderr`] (the reader is given up to 2 s more to reach EOF).
     fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         let until = Instant::now() + limit;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
+                let read_until = Instant::now() + Duration::from_secs(2);
+                while !self.stderr_done.load(Ordering::Acquire) && Instant::now() < read_until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return Some(status);
             }
             if Instant::now() >= until {
@@ -164,10 +175,17 @@ impl Drop for Proc {
 /// `holdwire server --listen 127.0.0.1:0 --target TARGET ARGS...`; returns it with the address
 /// it prints ("serving http://ADDR/... -> TARGET").
 fn server(target: SocketAddr, args: &[&str]) -> (Proc, SocketAddr) {
+    server_env(target, args, &[])
+}
+
+/// [`server`] with these environment variables set.
+fn server_env(target: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> (Proc, SocketAddr) {
     let target = target.to_string();
     let mut all = vec!["server", "--listen", "127.0.0.1:0", "--target", &target];
     all.extend_from_slice(args);
-    let mut p = Proc::start("holdwire server", holdwire(&all), false);
+    let mut cmd = holdwire(&all);
+    cmd.envs(env.iter().copied());
+    let mut p = Proc::start("holdwire server", cmd, false);
     let line = p.wait_line("serving http://", Duration::from_secs(20));
     let addr = line
         .split("serving http://")
@@ -181,9 +199,16 @@ fn server(target: SocketAddr, args: &[&str]) -> (Proc, SocketAddr) {
 /// `holdwire client --listen 127.0.0.1:0 --server URL ARGS...`; returns it with the address it
 /// prints ("forwarding ADDR -> URL").
 fn client_listen(url: &str, args: &[&str]) -> (Proc, SocketAddr) {
+    client_listen_env(url, args, &[])
+}
+
+/// [`client_listen`] with these environment variables set.
+fn client_listen_env(url: &str, args: &[&str], env: &[(&str, &str)]) -> (Proc, SocketAddr) {
     let mut all = vec!["client", "--listen", "127.0.0.1:0", "--server", url];
     all.extend_from_slice(args);
-    let mut p = Proc::start("holdwire client", holdwire(&all), false);
+    let mut cmd = holdwire(&all);
+    cmd.envs(env.iter().copied());
+    let mut p = Proc::start("holdwire client", cmd, false);
     let line = p.wait_line("forwarding ", Duration::from_secs(20));
     let addr = line
         .split("forwarding ")
@@ -327,10 +352,11 @@ fn echo_conn(mut tcp: TcpStream, bytes: &AtomicU64, stop: &AtomicBool) {
 type ConnLog = Arc<Mutex<Vec<u8>>>;
 
 /// A TCP relay on 127.0.0.1 to `upstream` that records every byte each connection sends
-/// upstream (one buffer per connection, in order).
+/// upstream (one buffer per connection, in order), and what comes back.
 struct Recorder {
     addr: SocketAddr,
     conns: Arc<Mutex<Vec<ConnLog>>>,
+    answers: Arc<Mutex<Vec<ConnLog>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -341,9 +367,10 @@ impl Recorder {
         let rec = Recorder {
             addr: listener.local_addr().unwrap(),
             conns: Arc::default(),
+            answers: Arc::default(),
             stop: Arc::default(),
         };
-        let (conns, stop) = (rec.conns.clone(), rec.stop.clone());
+        let (conns, answers, stop) = (rec.conns.clone(), rec.answers.clone(), rec.stop.clone());
         std::thread::spawn(move || {
             let born = Instant::now();
             while !stop.load(Ordering::Relaxed) && born.elapsed() < THREAD_LIFETIME {
@@ -355,10 +382,12 @@ impl Recorder {
                         };
                         let log = Arc::new(Mutex::new(Vec::new()));
                         conns.lock().unwrap().push(log.clone());
+                        let answer = Arc::new(Mutex::new(Vec::new()));
+                        answers.lock().unwrap().push(answer.clone());
                         let (d2, u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
                         let (s1, s2) = (stop.clone(), stop.clone());
                         std::thread::spawn(move || pump(down, up, Some(log), &s1));
-                        std::thread::spawn(move || pump(u2, d2, None, &s2));
+                        std::thread::spawn(move || pump(u2, d2, Some(answer), &s2));
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(5))
@@ -379,6 +408,17 @@ impl Recorder {
             while let Some((len, _)) = http_message_len(rest) {
                 out.push(rest[..len].to_vec());
                 rest = &rest[len..];
+            }
+        }
+        out
+    }
+
+    /// Every byte recorded so far, both ways.
+    fn all_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for log in [&self.conns, &self.answers] {
+            for conn in log.lock().unwrap().iter() {
+                out.extend_from_slice(&conn.lock().unwrap());
             }
         }
         out
@@ -790,10 +830,13 @@ fn wrong_token_is_logged_by_the_server() {
 /// data the client already got, the target sees the payload once, and the session still works.
 #[test]
 fn replayed_request_is_harmless() {
+    // A token distinctive enough to search the captured traffic for.
+    const TOKEN: &str = "holdwire-test-token-9f2c4e71a8";
     let echo = Echo::start();
-    let (server_proc, server) = server(echo.addr, &["--token", "T", "--max-wait", "5"]);
+    let (server_proc, server) = server(echo.addr, &["--token", TOKEN, "--max-wait", "5"]);
     let relay = Recorder::start(server);
-    let (client_proc, local) = client_listen(&format!("http://{}/", relay.addr), &["--token", "T"]);
+    let (client_proc, local) =
+        client_listen(&format!("http://{}/", relay.addr), &["--token", TOKEN]);
 
     let payload: Vec<u8> = (0..4000u32)
         .map(|i| b"replay-me:"[i as usize % 10])
@@ -875,6 +918,18 @@ fn replayed_request_is_harmless() {
     let total = payload.len() as u64 + 10;
     assert_eq!(echo.bytes(), total);
 
+    // The token never crossed the wire, in either direction (nor its hex form).
+    let wire = relay.all_bytes();
+    assert!(wire.len() > payload.len(), "the relay recorded the session");
+    let hex: String = TOKEN.bytes().map(|b| format!("{b:02x}")).collect();
+    for needle in [TOKEN.as_bytes(), hex.as_bytes(), &TOKEN.as_bytes()[..12]] {
+        assert!(
+            !wire.windows(needle.len()).any(|w| w == needle),
+            "the token ({:?}) appears in the captured traffic",
+            String::from_utf8_lossy(needle)
+        );
+    }
+
     // After the session ended.
     std::thread::sleep(Duration::from_millis(300));
     check("data request (session ended)", &with_data);
@@ -882,6 +937,88 @@ fn replayed_request_is_harmless() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(echo.bytes(), total, "the target saw nothing more");
     assert_eq!(echo.conns(), 1);
+    assert_no_panic(&server_proc);
+    assert_no_panic(&client_proc);
+}
+
+/// `HOLDWIRE_TOKEN` is used when no token option is given, and `--token`, `--token-file` and
+/// `--no-auth` each override it (rather than clash with it).
+#[test]
+fn token_options_override_the_environment() {
+    let echo = Echo::start();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "file-token\n").unwrap();
+    let token_file = token_file.to_str().unwrap();
+    let env_wrong = [("HOLDWIRE_TOKEN", "not-the-token")];
+
+    let (server_proc, server) = server_env(echo.addr, &["--token-file", token_file], &env_wrong);
+    let url = format!("http://{server}/");
+    let (env_client, env_local) = client_listen_env(&url, &[], &[("HOLDWIRE_TOKEN", "file-token")]);
+    let (flag_client, flag_local) = client_listen_env(&url, &["--token", "file-token"], &env_wrong);
+    for (what, local) in [
+        ("token from HOLDWIRE_TOKEN", env_local),
+        ("--token", flag_local),
+    ] {
+        let mut tcp = connect(local);
+        let msg = format!("echo with {what}");
+        assert_eq!(
+            round_trip(&mut tcp, msg.as_bytes()),
+            msg.as_bytes(),
+            "{what}"
+        );
+    }
+
+    let (open_server, open) = server_env(echo.addr, &["--no-auth"], &env_wrong);
+    let (open_client, open_local) =
+        client_listen_env(&format!("http://{open}/"), &["--no-auth"], &env_wrong);
+    let mut tcp = connect(open_local);
+    assert_eq!(round_trip(&mut tcp, b"no auth"), b"no auth");
+    assert!(
+        open_server.stderr().contains("authentication is off"),
+        "--no-auth is announced loudly:\n{}",
+        open_server.stderr()
+    );
+    for p in [
+        &server_proc,
+        &env_client,
+        &flag_client,
+        &open_server,
+        &open_client,
+    ] {
+        assert_no_panic(p);
+    }
+}
+
+/// `--path` mounts the endpoint under a prefix: a client using it works, and a request
+/// outside the prefix is refused with 404.
+#[test]
+fn path_prefix_end_to_end() {
+    let echo = Echo::start();
+    let (server_proc, server) = server(echo.addr, &["--no-auth", "--path", "/tunnel/x"]);
+    let (client_proc, local) = client_listen(&format!("http://{server}/tunnel/x/"), &["--no-auth"]);
+    let mut tcp = connect(local);
+    let msg = vec![b'p'; 100_000];
+    assert_eq!(round_trip(&mut tcp, &msg), msg, "echo under the prefix");
+
+    let (wrong_client, wrong_local) = client_listen(&format!("http://{server}/"), &["--no-auth"]);
+    let mut tcp = connect(wrong_local);
+    let _ = tcp.write_all(b"must not arrive");
+    let err = read_to_eof(&mut tcp, Duration::from_secs(20));
+    assert!(
+        matches!(&err, Ok(rest) if rest.is_empty()) || err.is_err(),
+        "a client outside the prefix gets no data back: {err:?}"
+    );
+    let stderr = wrong_client.stderr();
+    assert!(
+        stderr.contains("404"),
+        "the client outside the prefix reports the 404:\n{stderr}"
+    );
+    assert_eq!(
+        echo.bytes(),
+        msg.len() as u64,
+        "only the first session reached the target"
+    );
     assert_no_panic(&server_proc);
     assert_no_panic(&client_proc);
 }
@@ -942,6 +1079,25 @@ fn sigterm_to_server_ends_sessions_cleanly() {
         "server exit; stderr:\n{}",
         server_proc.stderr()
     );
+    // Both ends log the session's end with its counters and how it ended.
+    for (name, p) in [("server", &server_proc), ("client", &client_proc)] {
+        let err = p.stderr();
+        let line = err
+            .lines()
+            .find(|l| l.contains("HTTP session") && l.contains("closed cleanly"))
+            .unwrap_or_else(|| panic!("no clean close line from the {name}:\n{err}"));
+        let mut words = vec!["bytes received", "requests", "messages resent"];
+        if name == "client" {
+            // The round trip is measured by the client.
+            words.push("rtt");
+        }
+        for word in words {
+            assert!(
+                line.contains(word),
+                "{name}'s close line lacks {word:?}: {line}"
+            );
+        }
+    }
     assert_no_panic(&server_proc);
     assert_no_panic(&client_proc);
 }

@@ -191,7 +191,7 @@ impl SessionLog {
         let secs = self.started.elapsed().as_secs_f64();
         match result {
             Ok((received, sent)) => tracing::info!(
-                "{} closed after {secs:.1} s: {}{received} bytes received{counters}",
+                "{} closed cleanly after {secs:.1} s: {}{received} bytes received{counters}",
                 self.id,
                 sent.map(|n| format!("{n} bytes sent, "))
                     .unwrap_or_default()
