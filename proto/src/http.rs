@@ -871,12 +871,14 @@ impl Core {
                 return Err(HttpError::HeadTooLarge);
             }
         }
-        // Garbage is refused when it starts, not after a head's worth or a timeout; checked
-        // first, so that the verdict does not depend on how much of it has arrived.
-        if self.role == Role::Server && !plausible_method_start(&self.buf) {
+        // Only the first head's worth counts, whatever more is buffered (more is, behind a
+        // message not yet polled): the verdict must not depend on how the bytes arrived.
+        let window = &self.buf[..self.buf.len().min(self.limits.max_head_len)];
+        // Garbage is refused when it starts, not after a head's worth or a timeout.
+        if self.role == Role::Server && !plausible_method_start(window) {
             return Err(HttpError::Malformed);
         }
-        let Some(end) = find_head_end(&self.buf, self.scan) else {
+        let Some(end) = find_head_end(window, self.scan.min(window.len())) else {
             if !self.buf.is_empty() && self.buf.len() >= self.limits.max_head_len {
                 return Err(HttpError::HeadTooLarge);
             }

@@ -427,7 +427,7 @@ fn request_acking(rid: u64, ack: u64, frames: impl FnOnce(&mut BundleEncoder<'_>
 /// length later was refused as `HeadTooLarge` when it arrived whole and as `Malformed` when
 /// it arrived in pieces. The verdict must not depend on the split: garbage is `Malformed`.
 #[test]
-fn garbage_after_a_request_gets_the_same_verdict_whole_or_split() {
+fn garbage_after_a_request_gets_the_same_verdict_however_it_arrives() {
     let limits = HttpLimits {
         max_head_len: 256,
         ..HttpLimits::default()
@@ -457,4 +457,15 @@ fn garbage_after_a_request_gets_the_same_verdict_whole_or_split() {
     let split = verdict(&[&input[..10], &input[10..60], &input[60..200], &input[200..]]);
     assert_eq!(whole, (1, http::HttpError::Malformed));
     assert_eq!(split, whole);
+
+    // The converse (found by the same target later): what looks like a method for more than
+    // a head's length, then garbage. Only the first head's worth counts: too large, whether
+    // it arrives whole (buffered behind the unpolled first request) or byte by byte.
+    let mut input = b"POST /x HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
+    input.extend_from_slice(&[b'A'; 300]);
+    input.extend_from_slice(b"\x01 / HTTP/1.1\r\n\r\n");
+    let whole = verdict(&[&input]);
+    let bytes: Vec<&[u8]> = input.chunks(1).collect();
+    assert_eq!(whole, (1, http::HttpError::HeadTooLarge));
+    assert_eq!(verdict(&bytes), whole);
 }
