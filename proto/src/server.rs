@@ -3,9 +3,11 @@
 //! The driver announces each accepted TCP connection ([`Server::handle_accept`]) and feeds its
 //! bytes. A complete request is routed to its session, which applies the bundle and then *holds*
 //! the request. A session answers its oldest held request when:
-//! - it holds more requests than it granted (`hold`),
+//! - it holds more requests than it granted (`hold`; when the extra one brought a small bundle
+//!   of new data, after at most `ack_delay`, as above),
 //! - it has something to send (data, a resend, a FIN, a control frame),
-//! - new data needs acknowledging and another request stays held,
+//! - new data needs acknowledging and another request stays held (after at most `ack_delay`
+//!   when the data came in a small bundle, so that a reply can carry the acknowledgement),
 //! - the request was held for `max_wait` (so no proxy times it out), or the session ended.
 //!
 //! A request whose request id was seen before (a proxy retry, a replay) is applied for its
@@ -134,6 +136,9 @@ struct Session {
     nonce: [u8; NONCE_LEN],
     confirm_open: bool,
     ack_urgent: bool,
+    /// A small bundle of new data arrived: an acknowledgement alone waits until then for data
+    /// to go with it (an interactive reply), instead of using up a held request.
+    ack_wait_until: Option<Instant>,
     outcome: Option<Result<(), SessionError>>,
     /// When the session ended.
     ended_at: Option<Instant>,
@@ -174,12 +179,14 @@ impl Session {
         let Some(front) = self.held.front() else {
             return false;
         };
+        let ack_waits = self.ack_wait_until.is_some_and(|t| now < t);
         front.bare
             || self.outcome.is_some()
             || self.confirm_open
-            || self.held.len() > usize::from(self.hold)
+            || (self.held.len() > usize::from(self.hold) && !ack_waits)
             || self.stream.send.has_sendable()
-            || (self.held.len() >= 2 && (self.ack_urgent || self.stream.recv.window_opened()))
+            || (self.held.len() >= 2 && self.ack_urgent && !ack_waits)
+            || (self.held.len() >= 2 && self.stream.recv.window_opened())
             || front.at + max_wait <= now
     }
 
@@ -190,7 +197,15 @@ impl Session {
             return Some(ended + config.linger);
         }
         let idle = self.last_request + config.idle_timeout;
-        let held = self.held.front().map(|h| h.at + config.max_wait);
+        // The end of an acknowledgement's wait matters only if it will then be answered.
+        let ack_due = (self.held.len() > usize::from(self.hold)
+            || (self.held.len() >= 2 && self.ack_urgent))
+            .then_some(self.ack_wait_until)
+            .flatten();
+        let held = self.held.front().map(|h| {
+            let expiry = h.at + config.max_wait;
+            ack_due.map_or(expiry, |t| t.min(expiry))
+        });
         Some(held.map_or(idle, |h| h.min(idle)))
     }
 }
@@ -239,6 +254,10 @@ impl core::fmt::Debug for Server {
 
 /// Most refusals kept for the driver's log before older ones are dropped.
 const MAX_REFUSALS: usize = 1024;
+
+/// Bundles up to this size count as interactive: the acknowledgement of their data may wait
+/// `ServerConfig::ack_delay` for a reply to carry it.
+const DELAYED_ACK_MAX_BUNDLE: usize = 16 * 1024;
 
 impl Server {
     /// Creates an endpoint. `entropy` supplies the per-session server nonces.
@@ -562,6 +581,7 @@ impl Server {
                     nonce,
                     confirm_open: true,
                     ack_urgent: false,
+                    ack_wait_until: None,
                     outcome: None,
                     ended_at: None,
                     abort_to_send: None,
@@ -618,6 +638,7 @@ impl Server {
             return;
         }
         let max_hold = self.config.max_hold.max(1);
+        let ack_delay = self.config.ack_delay;
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -656,6 +677,11 @@ impl Server {
         // Nothing follows a session's final event.
         let live = s.outcome.is_none();
         if controls.new_data {
+            if !s.ack_urgent {
+                // Only a small bundle waits: a bulk upload needs its acknowledgements at once.
+                let small = bundle.as_bytes().len() <= DELAYED_ACK_MAX_BUNDLE;
+                s.ack_wait_until = (small && !ack_delay.is_zero()).then(|| now + ack_delay);
+            }
             s.ack_urgent = true;
             if live {
                 self.events.push_back(ServerEvent {
@@ -1149,6 +1175,7 @@ impl Server {
             .write(planned, buf, header, &self.controls, held.rid, now, key);
         s.stream.stats.exchanges += 1;
         s.ack_urgent = false;
+        s.ack_wait_until = None;
         self.update_session_timer(id);
         self.after_response(held.conn, close_after);
         ServerTransmit {
