@@ -134,6 +134,12 @@ struct Entry {
 /// flight fills the path without that. The window doubles per round trip while the delivery
 /// rate keeps up (a sample is the bytes delivered between a message's sending and its
 /// acknowledgement over that time), so it also grows to fill long fat paths.
+///
+/// Where the window itself capped the delivery rate (the sender had data it could not send),
+/// that estimate only mirrors the window: on a path whose acknowledgements take several round
+/// trips of the shortest exchange (a proxy that opens a connection per request, each in slow
+/// start) it would shrink the window to its minimum. There the window grows by a quarter per
+/// acknowledgement loop instead, for as long as the delivery rate keeps growing with it.
 #[derive(Debug)]
 struct SendWindow {
     /// Bytes acknowledged so far (cumulatively or selectively).
@@ -148,7 +154,19 @@ struct SendWindow {
     rate_now: u64,
     rate_before: u64,
     period_start: Instant,
+    /// The last time the window, not the data, limited what could be sent.
+    limited_at: Option<Instant>,
+    /// The bundle being planned was cut short by the window (stamped when it is written).
+    limited_now: bool,
+    /// The last growth beyond the estimate, and the delivery rate then.
+    grown_at: Instant,
+    rate_at_growth: u64,
+    /// Growth steps in a row after which the delivery rate did not follow.
+    stalled_growths: u8,
 }
+
+/// Growth steps without a higher delivery rate after which the window stops growing.
+const MAX_STALLED_GROWTHS: u8 = 2;
 
 /// How long a round-trip minimum stays valid (paths change).
 const MIN_RTT_LIFETIME: Duration = Duration::from_secs(10);
@@ -166,6 +184,11 @@ impl SendWindow {
             rate_now: 0,
             rate_before: 0,
             period_start: Instant::ZERO,
+            limited_at: None,
+            limited_now: false,
+            grown_at: Instant::ZERO,
+            rate_at_growth: 0,
+            stalled_growths: 0,
         }
     }
 
@@ -194,7 +217,28 @@ impl SendWindow {
         self.rate_now = self.rate_now.max(rate);
         let best = u128::from(self.rate_now.max(self.rate_before));
         let bdp = best * min_rtt.as_micros() / 1_000_000;
-        let window = u64::try_from(bdp * u128::from(WINDOW_GAIN)).unwrap_or(u64::MAX);
+        let estimate = u64::try_from(bdp * u128::from(WINDOW_GAIN)).unwrap_or(u64::MAX);
+        let best = u64::try_from(best).unwrap_or(u64::MAX);
+        // Window-limited during this message's flight: the estimate mirrors the window.
+        let limited = self.limited_at.is_some_and(|t| t >= sent_at);
+        if !limited {
+            self.bytes = estimate.clamp(self.min, self.max);
+            return;
+        }
+        let mut window = self.bytes.max(estimate);
+        if now.saturating_duration_since(self.grown_at) >= rtt {
+            // One step per acknowledgement loop, while the rate follows (by an eighth).
+            if best > self.rate_at_growth.saturating_add(self.rate_at_growth / 8) {
+                self.stalled_growths = 0;
+            } else {
+                self.stalled_growths = self.stalled_growths.saturating_add(1);
+            }
+            if self.stalled_growths < MAX_STALLED_GROWTHS {
+                window = window.saturating_add(window / 4);
+                self.grown_at = now;
+                self.rate_at_growth = best;
+            }
+        }
         self.bytes = window.clamp(self.min, self.max);
     }
 }
@@ -418,6 +462,9 @@ impl SendQueue {
             .max(MIN_NEW_PER_BUNDLE);
         while out.len() < max_messages && !self.pending.is_empty() {
             let window_room = self.window_room();
+            if window_room == 0 {
+                self.window.limited_now = true;
+            }
             let space = budget
                 .saturating_sub(used + MESSAGE_OVERHEAD)
                 .min(new_budget.saturating_sub(MESSAGE_OVERHEAD));
@@ -475,6 +522,9 @@ impl SendQueue {
         now: Instant,
         stats: &mut Stats,
     ) {
+        if core::mem::take(&mut self.window.limited_now) {
+            self.window.limited_at = Some(now);
+        }
         for &seq in planned {
             let Some(entry) = self.entries.get_mut((seq - self.base) as usize) else {
                 continue;
