@@ -957,12 +957,12 @@ impl Client {
             }
             Err(_) => {
                 // Not our server's answer: a proxy's error page or refusal.
-                // While opening, a client error other than a timeout or rate limit (e.g. 404
-                // for a wrong path, 405 from a web server that is not holdwire) will not go
-                // away by retrying: report it now rather than time out later.
-                let opening_refused = self.phase == Phase::Opening
-                    && (400..500).contains(&response.status)
-                    && !matches!(response.status, 408 | 429);
+                // While opening, "no such resource" (404 for a wrong path, 405 or 410 from a
+                // web server that is not holdwire) will not go away by retrying: report it now
+                // rather than time out later. (A 400 may be our server's answer to a bundle
+                // corrupted on the way, and is retried.)
+                let opening_refused =
+                    self.phase == Phase::Opening && matches!(response.status, 404 | 405 | 410);
                 if (opening_refused || matches!(response.status, 401 | 403 | 407))
                     && !self.is_ended()
                 {
