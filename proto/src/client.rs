@@ -606,8 +606,11 @@ impl Client {
             consider(r.answer_by);
         }
         if self.phase == Phase::Open {
+            // An expired pre-opened request is sent by `poll_transmit`, which waits out a
+            // retry backoff first.
+            let not_before = self.retry_at.unwrap_or(Instant::ZERO);
             for s in self.slots.iter().filter(|s| s.state == SlotState::Primed) {
-                consider(s.primed_at + self.config.preopen_lifetime);
+                consider((s.primed_at + self.config.preopen_lifetime).max(not_before));
             }
         }
         next
