@@ -179,7 +179,10 @@ impl Session {
         let Some(front) = self.held.front() else {
             return false;
         };
-        let ack_waits = self.ack_wait_until.is_some_and(|t| now < t);
+        // Only a lone extra request waits (interactive traffic); more mean an upload is
+        // under way, whose acknowledgements must flow at once.
+        let ack_waits = self.ack_wait_until.is_some_and(|t| now < t)
+            && self.held.len() <= usize::from(self.hold) + 1;
         front.bare
             || self.outcome.is_some()
             || self.confirm_open
