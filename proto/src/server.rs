@@ -3,12 +3,13 @@
 //! The driver announces each accepted TCP connection ([`Server::handle_accept`]) and feeds its
 //! bytes. A complete request is routed to its session, which applies the bundle and then *holds*
 //! the request. A session answers its oldest held request when:
-//! - it holds more requests than it granted (`hold`; when the extra one brought a small bundle
-//!   of new data, after at most `ack_delay`, as above),
+//! - it holds more requests than it granted (`hold`),
 //! - it has something to send (data, a resend, a FIN, a control frame),
-//! - new data needs acknowledging and another request stays held (after at most `ack_delay`
-//!   when the data came in a small bundle, so that a reply can carry the acknowledgement),
+//! - new data needs acknowledging and another request stays held,
 //! - the request was held for `max_wait` (so no proxy times it out), or the session ended.
+//!
+//! The first and third wait up to `ack_delay` when a small bundle of new data came with a lone
+//! extra request (interactive traffic), so that a reply can carry the acknowledgement.
 //!
 //! A request whose request id was seen before (a proxy retry, a replay) is applied for its
 //! messages and acknowledgement only (both idempotent) and answered at once without data, so a
@@ -186,11 +187,16 @@ impl Session {
         front.bare
             || self.outcome.is_some()
             || self.confirm_open
-            || (self.held.len() > usize::from(self.hold) && !ack_waits)
+            || (self.ack_answer_due() && !ack_waits)
             || self.stream.send.has_sendable()
-            || (self.held.len() >= 2 && self.ack_urgent && !ack_waits)
             || (self.held.len() >= 2 && self.stream.recv.window_opened())
             || front.at + max_wait <= now
+    }
+
+    /// A held request is owed an answer, possibly only an acknowledgement: more are held than
+    /// granted, or new data needs acknowledging and another request stays held.
+    fn ack_answer_due(&self) -> bool {
+        self.held.len() > usize::from(self.hold) || (self.held.len() >= 2 && self.ack_urgent)
     }
 
     fn deadline(&self, config: &ServerConfig) -> Option<Instant> {
@@ -201,8 +207,8 @@ impl Session {
         }
         let idle = self.last_request + config.idle_timeout;
         // The end of an acknowledgement's wait matters only if it will then be answered.
-        let ack_due = (self.held.len() > usize::from(self.hold)
-            || (self.held.len() >= 2 && self.ack_urgent))
+        let ack_due = self
+            .ack_answer_due()
             .then_some(self.ack_wait_until)
             .flatten();
         let held = self.held.front().map(|h| {

@@ -131,9 +131,9 @@ struct Entry {
 ///
 /// Many parallel HTTP connections each carrying a large body overfill a bottleneck's queue
 /// (and delay every request behind it): keeping about two bandwidth-delay products in
-/// flight fills the path without that. The window doubles per round trip while the delivery
-/// rate keeps up (a sample is the bytes delivered between a message's sending and its
-/// acknowledgement over that time), so it also grows to fill long fat paths.
+/// flight fills the path without that. The window follows the highest recent delivery rate (a
+/// sample is the bytes delivered between a message's sending and its acknowledgement over that
+/// time) times the lowest round trip.
 ///
 /// Where the window itself capped the delivery rate (the sender had data it could not send),
 /// that estimate only mirrors the window: on a path whose acknowledgements take several round
