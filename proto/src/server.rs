@@ -24,7 +24,6 @@ use alloc::collections::{BTreeMap, BinaryHeap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::cmp::Reverse;
-use core::time::Duration;
 
 use bytes::Bytes;
 
@@ -176,21 +175,22 @@ impl Session {
         true
     }
 
-    fn should_answer(&self, now: Instant, max_wait: Duration) -> bool {
+    fn should_answer(&self, now: Instant, config: &ServerConfig) -> bool {
         let Some(front) = self.held.front() else {
             return false;
         };
         // Only a lone extra request waits (interactive traffic); more mean an upload is
-        // under way, whose acknowledgements must flow at once.
+        // under way, whose acknowledgements must flow at once. `max_hold` is never exceeded.
         let ack_waits = self.ack_wait_until.is_some_and(|t| now < t)
-            && self.held.len() <= usize::from(self.hold) + 1;
+            && self.held.len() <= usize::from(self.hold) + 1
+            && self.held.len() <= usize::from(config.max_hold.max(1));
         front.bare
             || self.outcome.is_some()
             || self.confirm_open
             || (self.ack_answer_due() && !ack_waits)
             || self.stream.send.has_sendable()
             || (self.held.len() >= 2 && self.stream.recv.window_opened())
-            || front.at + max_wait <= now
+            || front.at + config.max_wait <= now
     }
 
     /// A held request is owed an answer, possibly only an acknowledgement: more are held than
@@ -1114,7 +1114,7 @@ impl Server {
                 self.dirty.pop_front();
                 continue;
             };
-            if !s.should_answer(now, self.config.max_wait) {
+            if !s.should_answer(now, &self.config) {
                 s.dirty = false;
                 self.dirty.pop_front();
                 self.update_session_timer(id);

@@ -469,3 +469,30 @@ fn garbage_after_a_request_gets_the_same_verdict_however_it_arrives() {
     assert_eq!(whole, (1, http::HttpError::HeadTooLarge));
     assert_eq!(verdict(&bytes), whole);
 }
+
+/// Found by `server_endpoint`: the acknowledgement of a small bundle waits up to `ack_delay`
+/// for a reply, and meanwhile one request more than granted stays held. With the grant at
+/// `max_hold`, that made `max_hold + 1` held requests. `max_hold` is a hard cap: here the
+/// older request must be answered at once.
+#[test]
+fn a_delayed_acknowledgement_never_holds_more_than_max_hold() {
+    let config = ServerConfig {
+        max_hold: 1,
+        ack_delay: Duration::from_millis(10),
+        ..ServerConfig::default()
+    };
+    let mut s = Server::new(config, Box::new(SimRng::new(1)));
+    let first = s.handle_accept(at(0)).unwrap();
+    s.handle_bytes(at(0), first, &request(1, |enc| enc.open(&[2; 16], 0)));
+    assert_eq!(responses(&mut s, at(0)).len(), 1, "the open is confirmed");
+
+    s.handle_bytes(at(1), first, &request(2, |_| {}));
+    assert!(responses(&mut s, at(1)).is_empty(), "request 2 is held");
+
+    let second = s.handle_accept(at(2)).unwrap();
+    s.handle_bytes(at(2), second, &request(3, |enc| enc.message(0, b"ping")));
+    let answered = responses(&mut s, at(2));
+    assert_eq!(s.held_requests(SID), 1, "answered {answered:?}");
+    assert_eq!(answered.len(), 1);
+    assert_eq!(answered[0].0, first, "the older request is answered");
+}
