@@ -135,11 +135,18 @@ struct Entry {
 /// sample is the bytes delivered between a message's sending and its acknowledgement over that
 /// time) times the lowest round trip.
 ///
-/// Where the window itself capped the delivery rate (the sender had data it could not send),
-/// that estimate only mirrors the window: on a path whose acknowledgements take several round
-/// trips of the shortest exchange (a proxy that opens a connection per request, each in slow
-/// start) it would shrink the window to its minimum. There the window grows by a quarter per
-/// acknowledgement loop instead, for as long as the delivery rate keeps growing with it.
+/// A session starts in *startup*, as BBR does: the first samples are small (the first bundles
+/// carry what the application had written so far), so the window never shrinks then: it is
+/// the largest of its initial size and the estimates, which double per acknowledgement loop
+/// while the window limits the sender (the gain is two). Three window-limited loops without a
+/// quarter more delivery rate end startup, and the window becomes the estimate.
+///
+/// Afterwards, where the window itself capped the delivery rate (the sender had data it could
+/// not send), the estimate only mirrors the window: on a path whose acknowledgements take
+/// several round trips of the shortest exchange (a proxy that opens a connection per request,
+/// each in slow start) it would shrink the window to its minimum. There the window grows by a
+/// quarter per acknowledgement loop instead, for as long as the delivery rate keeps growing
+/// with it.
 #[derive(Debug)]
 struct SendWindow {
     /// Bytes acknowledged so far (cumulatively or selectively).
@@ -163,10 +170,14 @@ struct SendWindow {
     rate_at_growth: u64,
     /// Growth steps in a row after which the delivery rate did not follow.
     stalled_growths: u8,
+    /// In startup (see above).
+    startup: bool,
 }
 
 /// Growth steps without a higher delivery rate after which the window stops growing.
 const MAX_STALLED_GROWTHS: u8 = 2;
+/// Window-limited loops without a quarter more delivery rate that end startup (BBR's count).
+const STARTUP_STALLED_LOOPS: u8 = 3;
 
 /// How long a round-trip minimum stays valid (paths change).
 const MIN_RTT_LIFETIME: Duration = Duration::from_secs(10);
@@ -189,6 +200,7 @@ impl SendWindow {
             grown_at: Instant::ZERO,
             rate_at_growth: 0,
             stalled_growths: 0,
+            startup: true,
         }
     }
 
@@ -221,6 +233,26 @@ impl SendWindow {
         let best = u64::try_from(best).unwrap_or(u64::MAX);
         // Window-limited during this message's flight: the estimate mirrors the window.
         let limited = self.limited_at.is_some_and(|t| t >= sent_at);
+        if self.startup {
+            // Only the end of startup may shrink the window.
+            let mut window = self.bytes.max(estimate);
+            if limited && now.saturating_duration_since(self.grown_at) >= rtt {
+                self.grown_at = now;
+                if best >= self.rate_at_growth.saturating_add(self.rate_at_growth / 4) {
+                    self.stalled_growths = 0;
+                    self.rate_at_growth = best;
+                } else {
+                    self.stalled_growths += 1;
+                    if self.stalled_growths >= STARTUP_STALLED_LOOPS {
+                        self.startup = false;
+                        self.stalled_growths = 0;
+                        window = estimate;
+                    }
+                }
+            }
+            self.bytes = window.clamp(self.min, self.max);
+            return;
+        }
         if !limited {
             self.bytes = estimate.clamp(self.min, self.max);
             return;
