@@ -321,18 +321,6 @@ impl Server {
         self.sessions.get(&id).map(|s| s.stream.stats)
     }
 
-    /// A session's send window in bytes (see `Client::send_window`).
-    pub fn send_window(&self, id: SessionId) -> Option<u64> {
-        self.sessions.get(&id).map(|s| s.stream.send.send_window())
-    }
-
-    /// A session's highest recent delivery rate in bytes per second, once measured.
-    pub fn delivery_rate(&self, id: SessionId) -> Option<u64> {
-        self.sessions
-            .get(&id)
-            .and_then(|s| s.stream.send.delivery_rate())
-    }
-
     /// Requests held by a session.
     pub fn held_requests(&self, id: SessionId) -> usize {
         self.sessions.get(&id).map_or(0, |s| s.held.len())

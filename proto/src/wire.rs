@@ -2185,7 +2185,8 @@ mod tests {
             assert_eq!(
                 hex(&doc_example(name)),
                 hex(&encoded),
-                "{name} in PROTOCOL.md"
+                "{name} in PROTOCOL.md; the block should read:\n\n<!-- example: {name} -->\n```text\n{}```\n",
+                annotate(&encoded)
             );
             let bundle = dec(&encoded).unwrap();
             assert_eq!(reencode(&bundle), encoded);
@@ -2200,23 +2201,6 @@ mod tests {
             write!(s, "{b:02x}").unwrap();
         }
         s
-    }
-
-    /// Prints the annotated dumps for PROTOCOL.md:
-    /// `cargo test print_doc_examples -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "generates documentation, run by hand"]
-    fn print_doc_examples() {
-        for (name, bytes) in [
-            ("client-open", example_client_open()),
-            ("server-fin", example_server_fin()),
-            ("tagged-close", example_tagged_close()),
-        ] {
-            std::println!(
-                "<!-- example: {name} -->\n```text\n{}```\n",
-                annotate(&bytes)
-            );
-        }
     }
 
     /// An annotated dump of a valid bundle: one line per field.
